@@ -1,0 +1,493 @@
+"""llama.cpp through llama-cpp-python's ctypes bindings: the one place that calls them.
+
+Everything above this module works with Python lists of token ids, bytes and
+numpy arrays. Objects here own C resources and are closed explicitly (they
+are context managers); a closed object raises instead of crashing.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+import llama_cpp as lc
+
+from edge_runtime.errors import GenerationError, InvalidArgumentError, ModelError
+
+log = logging.getLogger("edge_runtime.llama")
+
+# KV cache element types by name (ggml_type values).
+KV_CACHE_TYPES = {"f32": lc.GGML_TYPE_F32, "f16": lc.GGML_TYPE_F16, "bf16": 30, "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0}
+
+# --------------------------------------------------------------------------- logging
+
+_LOG_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+_recent_errors: collections.deque[str] = collections.deque(maxlen=20)
+_last_level = logging.DEBUG
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@lc.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    global _last_level
+    py_level = _last_level if level == 5 else _LOG_LEVELS.get(level, logging.DEBUG)
+    _last_level = py_level
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if not message:
+        return
+    if py_level >= logging.WARNING:
+        _recent_errors.append(message)
+    # llama.cpp is chatty at load time: everything goes to DEBUG, shown with --verbose.
+    log.debug("%s", message)
+
+
+def ensure_backend() -> None:
+    """Initialise llama.cpp once per process and route its logs to `logging`."""
+    global _backend_ready
+    with _backend_lock:
+        if _backend_ready:
+            return
+        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        _backend_ready = True
+
+
+def recent_llama_errors(clear: bool = True) -> list[str]:
+    """Warnings and errors llama.cpp logged since the last call (for error messages)."""
+    messages = list(_recent_errors)
+    if clear:
+        _recent_errors.clear()
+    return messages
+
+
+def system_info() -> str:
+    """llama.cpp's own summary of the CPU features it was built for and found."""
+    ensure_backend()
+    return lc.llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
+# --------------------------------------------------------------------------- model
+
+
+class LlamaModel:
+    """A loaded GGUF model (weights and vocabulary)."""
+
+    def __init__(self, ptr: lc.llama_model_p, path: Path) -> None:
+        self._ptr = ptr
+        self.path = path
+        self.vocab = lc.llama_model_get_vocab(ptr)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(ptr))
+        self.n_embd = int(lc.llama_model_n_embd(ptr))
+        self.n_layer = int(lc.llama_model_n_layer(ptr))
+        self.n_swa = int(lc.llama_model_n_swa(ptr))
+        self.bos = int(lc.llama_vocab_bos(self.vocab))
+        self.eos = int(lc.llama_vocab_eos(self.vocab))
+        self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._eog_cache: dict[int, bool] = {}
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        vocab_only: bool = False,
+        use_mmap: bool = True,
+        use_mlock: bool = False,
+    ) -> "LlamaModel":
+        """Load a GGUF file. Raises ModelError with llama.cpp's reason on failure."""
+        ensure_backend()
+        path = Path(path)
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = 0
+        params.vocab_only = vocab_only
+        if use_mmap and use_mlock:
+            params.load_mode = lc.LLAMA_LOAD_MODE_MMAP_MLOCK
+        elif use_mmap:
+            params.load_mode = lc.LLAMA_LOAD_MODE_MMAP
+        elif use_mlock:
+            params.load_mode = lc.LLAMA_LOAD_MODE_MLOCK
+        else:
+            params.load_mode = lc.LLAMA_LOAD_MODE_NONE
+        recent_llama_errors()
+        ptr = lc.llama_model_load_from_file(os.fsencode(path), params)
+        if not ptr:
+            reasons = "; ".join(recent_llama_errors()) or "no reason given"
+            raise ModelError(f"llama.cpp could not load {path}: {reasons}")
+        return cls(ptr, path)
+
+    @property
+    def ptr(self) -> lc.llama_model_p:
+        if self._ptr is None:
+            raise InvalidArgumentError("the model has been closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lc.llama_model_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "LlamaModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # last resort; callers close explicitly
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # metadata
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def chat_template(self) -> str | None:
+        raw = lc.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self.ptr, buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def size_bytes(self) -> int:
+        return int(lc.llama_model_size(self.ptr))
+
+    def n_params(self) -> int:
+        return int(lc.llama_model_n_params(self.ptr))
+
+    # vocabulary
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            buf = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+            if n < 0:
+                raise GenerationError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+        return list(buf[:n])
+
+    def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token (special tokens render only with special=True)."""
+        buf = self._piece_buf
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Iterable[int], *, special: bool = False) -> str:
+        return b"".join(self.token_to_piece(t, special=special) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary entry of a token as stored in the GGUF."""
+        raw = lc.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def is_eog(self, token: int) -> bool:
+        cached = self._eog_cache.get(token)
+        if cached is None:
+            cached = self._eog_cache[token] = bool(lc.llama_vocab_is_eog(self.vocab, token))
+        return cached
+
+    def token_id(self, text: str) -> int | None:
+        """Id of a token whose whole text is `text` (e.g. "<end_of_turn>"), if any."""
+        tokens = self.tokenize(text, add_special=False, parse_special=True)
+        return tokens[0] if len(tokens) == 1 else None
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """What llama.cpp needs to build a context; decided by `settings.py`."""
+
+    n_ctx: int
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_threads: int = 2
+    n_threads_batch: int = 2
+    flash_attn: bool | None = None  # None: llama.cpp decides
+    type_k: str = "f16"
+    type_v: str = "f16"
+    swa_full: bool = True
+    logits_all: bool = False
+
+
+@dataclass
+class PerfCounters:
+    prompt_ms: float
+    prompt_tokens: int
+    eval_ms: float
+    eval_tokens: int
+
+
+_ABORT_CALLBACK_TYPE = lc.ggml_abort_callback
+
+
+class LlamaContext:
+    """An inference context: KV memory for one sequence, decode and logits."""
+
+    def __init__(self, model: LlamaModel, params: ContextParams) -> None:
+        for name in ("type_k", "type_v"):
+            if getattr(params, name) not in KV_CACHE_TYPES:
+                raise InvalidArgumentError(
+                    f"unknown KV cache type {getattr(params, name)!r}; use one of {', '.join(KV_CACHE_TYPES)}"
+                )
+        self.model = model
+        self.params = params
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = params.n_ctx
+        cparams.n_batch = params.n_batch
+        cparams.n_ubatch = params.n_ubatch
+        cparams.n_seq_max = 1
+        cparams.n_threads = params.n_threads
+        cparams.n_threads_batch = params.n_threads_batch
+        cparams.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if params.flash_attn is None
+            else (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if params.flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        )
+        cparams.type_k = KV_CACHE_TYPES[params.type_k]
+        cparams.type_v = KV_CACHE_TYPES[params.type_v]
+        cparams.swa_full = params.swa_full
+        cparams.no_perf = False
+        recent_llama_errors()
+        ptr = lc.llama_init_from_model(model.ptr, cparams)
+        if not ptr:
+            reasons = "; ".join(recent_llama_errors()) or "no reason given"
+            raise ModelError(f"llama.cpp could not create a context of {params.n_ctx} tokens: {reasons}")
+        self._ptr = ptr
+        self.n_ctx = int(lc.llama_n_ctx(ptr))
+        self.memory = lc.llama_get_memory(ptr)
+        self._batch = lc.llama_batch_init(max(params.n_batch, 1), 0, 1)
+        self._one = (lc.llama_token * 1)()
+        self._abort_flag: Callable[[], bool] | None = None
+        # The C callback object must outlive the context: keep a reference.
+        self._abort_cb = _ABORT_CALLBACK_TYPE(self._abort_trampoline)
+        lc.llama_set_abort_callback(ptr, self._abort_cb, None)
+
+    # lifecycle
+    @property
+    def ptr(self) -> lc.llama_context_p:
+        if self._ptr is None:
+            raise InvalidArgumentError("the context has been closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "LlamaContext":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # cancellation
+    def _abort_trampoline(self, _data: ctypes.c_void_p) -> bool:
+        flag = self._abort_flag
+        return bool(flag and flag())
+
+    def set_abort_check(self, check: Callable[[], bool] | None) -> None:
+        """A callable polled by llama.cpp during decode; True aborts the decode."""
+        self._abort_flag = check
+
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        lc.llama_set_n_threads(self.ptr, n_threads, n_threads_batch)
+
+    # decoding
+    def decode(self, tokens: Sequence[int], start_pos: int, *, logits: str = "last") -> int:
+        """Evaluate `tokens` at positions start_pos.. in chunks of n_batch.
+
+        logits: "last" (only the final token's logits are kept), "all", or "none".
+        Returns the number of tokens actually evaluated: fewer than len(tokens)
+        only when the abort check fired.
+        """
+        n_total = len(tokens)
+        done = 0
+        batch = self._batch
+        while done < n_total:
+            n = min(self.params.n_batch, n_total - done)
+            for i in range(n):
+                batch.token[i] = tokens[done + i]
+                batch.pos[i] = start_pos + done + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = logits == "all"
+            if logits == "last" and done + n == n_total:
+                batch.logits[n - 1] = True
+            batch.n_tokens = n
+            status = lc.llama_decode(self.ptr, batch)
+            if status == 2:  # aborted: the ubatches already processed stay in memory
+                return max(0, self.pos_max() + 1 - start_pos)
+            if status != 0:
+                reasons = "; ".join(recent_llama_errors()) or f"status {status}"
+                raise GenerationError(f"llama.cpp failed to evaluate {n} tokens at position {start_pos + done}: {reasons}")
+            done += n
+        return done
+
+    def decode_one(self, token: int, pos: int) -> bool:
+        """Evaluate one token (the generation hot path). False when aborted."""
+        batch = self._batch
+        batch.token[0] = token
+        batch.pos[0] = pos
+        batch.n_seq_id[0] = 1
+        batch.seq_id[0][0] = 0
+        batch.logits[0] = True
+        batch.n_tokens = 1
+        status = lc.llama_decode(self.ptr, batch)
+        if status == 2:
+            return False
+        if status != 0:
+            reasons = "; ".join(recent_llama_errors()) or f"status {status}"
+            raise GenerationError(f"llama.cpp failed to evaluate a token at position {pos}: {reasons}")
+        return True
+
+    def logits(self, index: int = -1) -> np.ndarray:
+        """A copy of the logits of the index-th output of the last decode."""
+        ptr = lc.llama_get_logits_ith(self.ptr, index)
+        if not ptr:
+            raise GenerationError(f"no logits for output {index}: the last decode did not request them")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits for every position of `tokens`, from an empty memory: [n_tokens, n_vocab]."""
+        if len(tokens) > self.n_ctx:
+            raise InvalidArgumentError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
+        self.clear()
+        out = np.empty((len(tokens), self.model.n_vocab), dtype=np.float32)
+        step = self.params.n_batch
+        for start in range(0, len(tokens), step):
+            chunk = tokens[start : start + step]
+            self.decode(chunk, start, logits="all")
+            for i in range(len(chunk)):
+                out[start + i] = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ptr, i), shape=(self.model.n_vocab,))
+        return out
+
+    # memory (sequence 0)
+    def clear(self) -> None:
+        lc.llama_memory_clear(self.memory, True)
+
+    def seq_rm(self, p0: int, p1: int = -1) -> bool:
+        return bool(lc.llama_memory_seq_rm(self.memory, 0, p0, p1))
+
+    def seq_add(self, p0: int, p1: int, delta: int) -> None:
+        lc.llama_memory_seq_add(self.memory, 0, p0, p1, delta)
+
+    def pos_min(self) -> int:
+        return int(lc.llama_memory_seq_pos_min(self.memory, 0))
+
+    def pos_max(self) -> int:
+        return int(lc.llama_memory_seq_pos_max(self.memory, 0))
+
+    def can_shift(self) -> bool:
+        return bool(lc.llama_memory_can_shift(self.memory))
+
+    def perf(self) -> PerfCounters:
+        data = lc.llama_perf_context(self.ptr)
+        return PerfCounters(data.t_p_eval_ms, data.n_p_eval, data.t_eval_ms, data.n_eval)
+
+    def reset_perf(self) -> None:
+        lc.llama_perf_context_reset(self.ptr)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
+    grammar: str | None = None
+
+
+class Sampler:
+    """A llama.cpp sampler chain (grammar, penalties, top-k/p, min-p, temperature)."""
+
+    def __init__(self, model: LlamaModel, params: SamplerParams) -> None:
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        self._ptr = chain
+        add = lambda s: lc.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if params.grammar:
+            recent_llama_errors()
+            grammar = lc.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                self.close()
+                reasons = "; ".join(recent_llama_errors()) or "parse error"
+                raise InvalidArgumentError(f"invalid GBNF grammar: {reasons}")
+            add(grammar)
+        if params.repeat_penalty != 1.0:
+            add(lc.llama_sampler_init_penalties(model.n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0))
+        if params.temperature <= 0:
+            add(lc.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(lc.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(lc.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0:
+                add(lc.llama_sampler_init_min_p(params.min_p, 1))
+            add(lc.llama_sampler_init_temp(params.temperature))
+            add(lc.llama_sampler_init_dist(params.seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: LlamaContext, index: int = -1) -> int:
+        """Sample from the index-th output and record the token in the chain's state."""
+        return int(lc.llama_sampler_sample(self._ptr, ctx.ptr, index))
+
+    def accept(self, token: int) -> None:
+        """Record a token the chain did not sample (e.g. prompt tokens for penalties)."""
+        lc.llama_sampler_accept(self._ptr, token)
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lc.llama_sampler_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "Sampler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
