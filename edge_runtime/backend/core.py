@@ -491,3 +491,18 @@ class Sampler:
             self.close()
         except Exception:
             pass
+
+
+# --------------------------------------------------------------------------- grammars
+
+
+def json_schema_to_gbnf(schema: dict) -> str:
+    """llama.cpp's JSON-schema-to-GBNF conversion (as shipped in llama-cpp-python)."""
+    import json
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
+
+    try:
+        return convert(json.dumps(schema))
+    except Exception as exc:  # the converter raises bare exceptions for unsupported schemas
+        raise InvalidArgumentError(f"cannot build a grammar from this JSON schema: {exc}") from None

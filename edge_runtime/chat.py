@@ -1,0 +1,209 @@
+"""Chat in a small context window that never overflows.
+
+Window policy:
+- the system prompt is pinned (it must fit in half the window: checked when set);
+- the oldest exchanges are shifted out, a whole user turn (with the replies and
+  tool results that followed it) at a time; once out they stay out, so the
+  cached prefix stays stable;
+- room for the reply is reserved: min(max_tokens, n_ctx / 2) tokens;
+- a single message longer than what is left keeps its *last* tokens (the end
+  of a message usually holds the question) and the turn is flagged
+  `truncated`, with a warning logged.
+
+The KV cache is reused across turns (common prefix, then the kept turns are
+shifted into place), so a turn evaluates only its new tokens plus whatever
+the shift could not reuse.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from edge_runtime.chat_format import Message, as_messages
+from edge_runtime.errors import ContextSizeError, InvalidArgumentError
+from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Stream
+from edge_runtime.model import Model
+from edge_runtime.tools import Tool, ToolCall, as_tools, parse_tool_calls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatResult(GenerationResult):
+    """A reply, with what the window did to fit it."""
+
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    dropped_messages: int = 0  # messages shifted out of the window before this turn
+    truncated: bool = False  # the new message was cut to fit
+    window_tokens: int = 0  # prompt tokens sent for this turn
+
+    def as_dict(self) -> dict[str, object]:
+        out = super().as_dict()
+        if self.tool_calls:
+            out["tool_calls"] = [c.as_dict() for c in self.tool_calls]
+        if self.truncated:
+            out["truncated"] = True
+        return out
+
+
+class ChatSession:
+    """A conversation with a model. Send messages; replies stream as text pieces."""
+
+    def __init__(
+        self,
+        model: Model,
+        system: str | None = None,
+        *,
+        settings: GenerationSettings | None = None,
+        tools: Sequence[Tool | dict[str, Any]] | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings or GenerationSettings()
+        self.tools = as_tools(tools)
+        self.format = model.chat_format
+        self.messages: list[Message] = []
+        self.system: str | None = None
+        self._window_start = 0
+        self.set_system(system)
+
+    # conversation state
+    def set_system(self, text: str | None) -> None:
+        """Set (or clear with None/"") the pinned system prompt."""
+        text = text or None
+        if text is not None:
+            n = len(self._tokenize([Message("system", text), Message("user", "")], generation=True))
+            if n > self.model.n_ctx // 2:
+                raise ContextSizeError(
+                    f"the system prompt takes {n} tokens, more than half of the {self.model.n_ctx}-token window; "
+                    "shorten it or load the model with a larger --ctx"
+                )
+        self.system = text
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays)."""
+        self.messages.clear()
+        self._window_start = 0
+
+    def add_tool_result(self, name: str, content: str) -> None:
+        """Give the model a tool's result; the next `send` (or `reply`) continues from it."""
+        self.messages.append(Message("tool", content, name=name))
+
+    def load(self, messages: Sequence[Message | dict[str, Any]]) -> None:
+        """Replace the history (system messages set the pinned prompt)."""
+        msgs = as_messages(messages)
+        self.reset()
+        systems = [m.content for m in msgs if m.role == "system"]
+        if systems:
+            self.set_system("\n\n".join(systems))
+        self.messages.extend(m for m in msgs if m.role != "system")
+
+    # prompt building
+    def _pinned(self) -> list[Message]:
+        return [Message("system", self.system)] if self.system else []
+
+    def _tokenize(self, messages: Sequence[Message], *, generation: bool = True) -> list[int]:
+        text = self.format.render(messages, add_generation_prompt=generation, tools=self.tools)
+        return self.model.tokenize(text, add_bos=True, special=True)
+
+    def _next_start(self, start: int) -> int:
+        """Index of the user message after the exchange that begins at `start`."""
+        i = start + 1
+        while i < len(self.messages) and self.messages[i].role != "user":
+            i += 1
+        return i
+
+    def _build_window(self, reserve: int) -> tuple[list[int], int, bool]:
+        """Prompt tokens for the current history; (tokens, dropped, truncated)."""
+        n_ctx = self.model.n_ctx
+        budget = n_ctx - reserve
+        dropped = 0
+        last = len(self.messages) - 1
+        while True:
+            window = self._pinned() + self.messages[self._window_start :]
+            tokens = self._tokenize(window)
+            if len(tokens) <= budget:
+                return tokens, dropped, False
+            nxt = self._next_start(self._window_start)
+            if nxt > last:
+                break
+            dropped += nxt - self._window_start
+            self._window_start = nxt
+        # Only the newest exchange is left and it still does not fit: cut the last message.
+        msg = self.messages[last]
+        head = self._pinned() + self.messages[self._window_start : last] + [Message(msg.role, "", name=msg.name)]
+        room = budget - len(self._tokenize(head))
+        if room <= 0:
+            # The turns between the window start and the last message are too long: keep just the last one.
+            dropped += last - self._window_start
+            self._window_start = last
+            head = self._pinned() + [Message(msg.role, "", name=msg.name)]
+            room = budget - len(self._tokenize(head))
+        content_tokens = self.model.tokenize(msg.content, add_bos=False, special=False)
+        kept = self.model.detokenize(content_tokens[-room:]) if room > 0 else ""
+        log.warning(
+            "message of %d tokens truncated to its last %d to fit the %d-token window", len(content_tokens), max(room, 0), n_ctx
+        )
+        self.messages[last] = Message(msg.role, kept, name=msg.name)
+        window = self._pinned() + self.messages[self._window_start :]
+        tokens = self._tokenize(window)
+        # Tokenizing the cut text can merge differently at the cut: trim whatever is left over.
+        while len(tokens) > budget and self.messages[last].content:
+            self.messages[last] = Message(msg.role, self.messages[last].content[1:], name=msg.name)
+            tokens = self._tokenize(self._pinned() + self.messages[self._window_start :])
+        return tokens, dropped, True
+
+    # talking
+    def send(
+        self,
+        content: str | None,
+        *,
+        settings: GenerationSettings | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Stream:
+        """Add a user message (None: continue after tool results) and stream the reply.
+
+        The returned Stream's `result` is a ChatResult once it has been consumed.
+        """
+        if content is not None:
+            if not isinstance(content, str):
+                raise InvalidArgumentError(f"a chat message must be text, not {type(content).__name__}")
+            self.messages.append(Message("user", content))
+        elif not self.messages:
+            raise InvalidArgumentError("nothing to reply to: send a message first")
+        settings = settings or self.settings
+        if self.format.stop_strings:
+            settings = settings.replace(stop=tuple(dict.fromkeys((*settings.stop, *self.format.stop_strings))))
+        reserve = max(1, min(settings.max_tokens, self.model.n_ctx // 2))
+        tokens, dropped, truncated = self._build_window(reserve)
+        settings = settings.replace(max_tokens=min(settings.max_tokens, self.model.n_ctx - len(tokens)))
+        inner = self.model.generator.stream(tokens, settings, cancel)
+        outer = Stream(iter(()), inner.cancel_token)
+        outer._pieces = self._relay(inner, outer, dropped, truncated, len(tokens))
+        return outer
+
+    def _relay(self, inner: Stream, outer: Stream, dropped: int, truncated: bool, n_tokens: int) -> Iterator[str]:
+        try:
+            yield from inner
+        finally:
+            inner.close()
+            res = inner.result
+            if res is not None:
+                calls = parse_tool_calls(res.text, self.tools) if self.tools else []
+                self.messages.append(Message("assistant", res.text))
+                outer.result = ChatResult(
+                    res.text, res.finish_reason, res.tokens, res.metrics,
+                    tool_calls=calls, dropped_messages=dropped, truncated=truncated, window_tokens=n_tokens,
+                )
+
+    def ask(self, content: str | None, **kwargs: Any) -> ChatResult:
+        """Send a message and wait for the whole reply."""
+        result = self.send(content, **kwargs).consume()
+        assert isinstance(result, ChatResult)
+        return result
+
+    @property
+    def window_messages(self) -> list[Message]:
+        """The messages the model currently sees (pinned system prompt included)."""
+        return self._pinned() + self.messages[self._window_start :]

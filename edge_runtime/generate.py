@@ -1,0 +1,269 @@
+"""Streaming generation: prompt evaluation with KV reuse, sampling, stop strings, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterator, Sequence
+
+from edge_runtime.backend.core import LlamaContext, LlamaModel, Sampler, SamplerParams
+from edge_runtime.errors import ContextSizeError, InvalidArgumentError
+from edge_runtime.metrics import Metrics, peak_rss_mb
+from edge_runtime.prompt_cache import PromptCache, ReuseOutcome
+from edge_runtime.text_stream import IncrementalDetokenizer, StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Per-call sampling and stopping settings. temperature 0 is greedy."""
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF, e.g. from tools.json_schema_grammar()
+
+    def replace(self, **changes: object) -> "GenerationSettings":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.max_tokens < 0:
+            raise InvalidArgumentError(f"max_tokens must be >= 0, not {self.max_tokens}")
+        if self.temperature < 0:
+            raise InvalidArgumentError(f"temperature must be >= 0, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidArgumentError(f"top_p must be in (0, 1], not {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise InvalidArgumentError(f"min_p must be in [0, 1), not {self.min_p}")
+        if self.repeat_penalty <= 0:
+            raise InvalidArgumentError(f"repeat_penalty must be > 0, not {self.repeat_penalty}")
+        if isinstance(self.stop, str):
+            raise InvalidArgumentError("stop must be a sequence of strings, not a single string")
+
+    def sampler_params(self) -> SamplerParams:
+        return SamplerParams(
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            repeat_last_n=self.repeat_last_n,
+            seed=0xFFFFFFFF if self.seed is None else self.seed,
+            grammar=self.grammar,
+        )
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finish_reason: str  # "stop" (end of turn or stop string), "length", "cancelled"
+    tokens: list[int] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"text": self.text, "finish_reason": self.finish_reason, "metrics": self.metrics.as_dict()}
+
+
+class CancelToken:
+    """Set from any thread to stop a generation at the next token (or mid-prompt)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def reset(self) -> None:
+        self._event.clear()
+
+
+class Stream:
+    """An iterator of text pieces; `result` is filled in when it ends.
+
+    Iterate it once. `cancel()` may be called from any thread; the iterator
+    then ends promptly and the model stays usable.
+    """
+
+    def __init__(self, pieces: Iterator[str], cancel: CancelToken) -> None:
+        self._pieces = pieces
+        self.cancel_token = cancel
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def cancel(self) -> None:
+        self.cancel_token.cancel()
+
+    def close(self) -> None:
+        self._pieces.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def consume(self) -> GenerationResult:
+        """Run to the end and return the result."""
+        for _ in self._pieces:
+            pass
+        assert self.result is not None
+        return self.result
+
+
+class Generator:
+    """Owns one context's generation loop and its prompt cache. One call at a time."""
+
+    def __init__(self, model: LlamaModel, ctx: LlamaContext) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.cache = PromptCache(ctx)
+        self._lock = threading.Lock()
+        self.last_reuse: ReuseOutcome | None = None
+
+    def stream(
+        self, prompt: Sequence[int], settings: GenerationSettings, cancel: CancelToken | None = None
+    ) -> Stream:
+        settings.validate()
+        if not prompt:
+            raise InvalidArgumentError("the prompt is empty")
+        if len(prompt) >= self.ctx.n_ctx:
+            raise ContextSizeError(
+                f"the prompt has {len(prompt)} tokens but the context holds {self.ctx.n_ctx}; "
+                "shorten the prompt or load the model with a larger --ctx"
+            )
+        cancel = cancel or CancelToken()
+        stream = Stream(iter(()), cancel)
+        stream._pieces = self._run(list(prompt), settings, cancel, stream)
+        return stream
+
+    def _run(
+        self, prompt: list[int], settings: GenerationSettings, cancel: CancelToken, stream: Stream
+    ) -> Iterator[str]:
+        with self._lock:
+            t_start = time.perf_counter()
+            metrics = Metrics(prompt_tokens=len(prompt))
+            out_tokens: list[int] = []
+            pieces: list[str] = []
+            finish = "length"
+            sampler = Sampler(self.model, settings.sampler_params())
+            self.ctx.set_abort_check(lambda: cancel.cancelled)
+            try:
+                reuse = self.cache.prepare(prompt)
+                self.last_reuse = reuse
+                metrics.reused_tokens = reuse.reused
+                todo = prompt[reuse.reused :]
+                t_prompt = time.perf_counter()
+                n_done = self.ctx.decode(todo, reuse.reused, logits="last")
+                if n_done < len(todo):
+                    self.cache.sync_after_abort(prompt)
+                    finish = "cancelled"
+                    return
+                self.cache.extend(todo)
+                prompt_s = time.perf_counter() - t_prompt
+                metrics.prompt_tps = len(todo) / prompt_s if prompt_s > 0 else 0.0
+                if settings.repeat_penalty != 1.0:
+                    for tok in prompt[-settings.repeat_last_n :]:
+                        sampler.accept(tok)
+
+                detok = IncrementalDetokenizer(self.model.token_to_piece)
+                stops = StopMatcher(settings.stop)
+                n_ctx = self.ctx.n_ctx
+                t_first = 0.0
+                while len(out_tokens) < settings.max_tokens:
+                    if cancel.cancelled:
+                        finish = "cancelled"
+                        break
+                    token = sampler.sample(self.ctx)
+                    if not out_tokens:
+                        t_first = time.perf_counter()
+                        metrics.ttft_s = t_first - t_start
+                    if self.model.is_eog(token):
+                        finish = "stop"
+                        break
+                    out_tokens.append(token)
+                    text = stops.feed(detok.feed(token))
+                    if text:
+                        pieces.append(text)
+                        yield text
+                    if stops.stopped:
+                        finish = "stop"
+                        break
+                    if len(out_tokens) >= settings.max_tokens:
+                        break  # no need to evaluate a token nothing will follow
+                    pos = len(self.cache.tokens)
+                    if pos >= n_ctx:
+                        finish = "length"
+                        break
+                    if not self.ctx.decode_one(token, pos):
+                        finish = "cancelled"
+                        break
+                    self.cache.tokens.append(token)
+                else:
+                    finish = "length"
+                if not stops.stopped:
+                    tail = stops.feed(detok.flush()) + stops.flush()
+                    if tail:
+                        pieces.append(tail)
+                        yield tail
+                if len(out_tokens) > 1:
+                    gen_s = time.perf_counter() - t_first
+                    metrics.gen_tps = (len(out_tokens) - 1) / gen_s if gen_s > 0 else 0.0
+            finally:
+                self.ctx.set_abort_check(None)
+                sampler.close()
+                metrics.generated_tokens = len(out_tokens)
+                metrics.peak_rss_mb = peak_rss_mb()
+                stream.result = GenerationResult("".join(pieces), finish, out_tokens, metrics)
+
+
+async def aiter_stream(stream: Stream) -> AsyncIterator[str]:
+    """Consume a Stream on a worker thread and yield its pieces to asyncio.
+
+    Closing the async iterator (or cancelling the task) cancels the generation.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    done = object()
+
+    def worker() -> None:
+        try:
+            for piece in stream:
+                loop.call_soon_threadsafe(queue.put_nowait, piece)
+        except BaseException as exc:  # surfaced in the consumer
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    thread = threading.Thread(target=worker, name="edge-runtime-generate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stream.cancel()
+        await asyncio.to_thread(thread.join)

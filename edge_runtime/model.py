@@ -1,0 +1,162 @@
+"""Loading a GGUF model and generating from it: the runtime's main entry point."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+from gguf.constants import LlamaFileType
+
+from edge_runtime.backend.core import LlamaContext, LlamaModel, recent_llama_errors
+from edge_runtime.chat_format import ChatFormat
+from edge_runtime.default_model import default_model_path
+from edge_runtime.errors import InvalidModelError, ModelError, UnsupportedModelError
+from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Generator, Stream, aiter_stream
+from edge_runtime.gguf_file import GGUFHeader, read_header
+from edge_runtime.hardware import CpuInfo
+from edge_runtime.settings import ResolvedSettings, RuntimeSettings, resolve
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a GGUF says about itself."""
+
+    path: str
+    architecture: str
+    name: str
+    quantization: str
+    file_size_mb: float
+    context_length: int | None
+    sliding_window: int | None
+    vocab_size: int | None
+    has_chat_template: bool
+    special_tokens: dict[str, int] = field(default_factory=dict)
+    n_params: int | None = None
+    n_layer: int | None = None
+    n_embd: int | None = None
+
+    @classmethod
+    def from_header(cls, header: GGUFHeader, llama: LlamaModel | None = None) -> "ModelInfo":
+        file_type = header.metadata.get("general.file_type")
+        try:
+            quant = LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_") if file_type is not None else "unknown"
+        except ValueError:
+            quant = f"type {file_type}"
+        return cls(
+            path=str(header.path),
+            architecture=header.architecture,
+            name=str(header.metadata.get("general.name", header.path.stem)),
+            quantization=quant,
+            file_size_mb=round(header.file_size / 2**20, 1),
+            context_length=header.context_length,
+            sliding_window=header.sliding_window,
+            vocab_size=header.vocab_size,
+            has_chat_template=header.chat_template is not None,
+            special_tokens=header.special_tokens(),
+            n_params=llama.n_params() if llama else None,
+            n_layer=llama.n_layer if llama else None,
+            n_embd=llama.n_embd if llama else None,
+        )
+
+
+def _load_llama(header: GGUFHeader, settings: ResolvedSettings) -> LlamaModel:
+    try:
+        return LlamaModel.load(header.path, use_mmap=settings.use_mmap, use_mlock=settings.use_mlock)
+    except ModelError as exc:
+        text = str(exc)
+        if "unknown model architecture" in text:
+            raise UnsupportedModelError(
+                f"{header.path}: architecture {header.architecture!r} is not supported by the llama.cpp in this "
+                "runtime; convert a supported Gemma checkpoint (gemma, gemma2, gemma3, gemma3n, gemma4)"
+            ) from None
+        raise InvalidModelError(f"{header.path} could not be loaded; the file may be corrupt. {text}") from None
+
+
+class Model:
+    """A loaded model with one inference context. Close it (or use `with`)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        settings: RuntimeSettings | None = None,
+        *,
+        cpu: CpuInfo | None = None,
+    ) -> None:
+        path = Path(path) if path is not None else default_model_path()
+        self.header = read_header(path)
+        self.settings = resolve(settings or RuntimeSettings(), trained_ctx=self.header.context_length, cpu=cpu)
+        self.llama = _load_llama(self.header, self.settings)
+        try:
+            self.ctx = LlamaContext(self.llama, self.settings.context_params())
+        except BaseException:
+            self.llama.close()
+            raise
+        recent_llama_errors()
+        self.info = ModelInfo.from_header(self.header, self.llama)
+        self.generator = Generator(self.llama, self.ctx)
+        self.chat_format = ChatFormat.for_model(self.info.architecture, self.llama.chat_template(), self.llama)
+
+    # lifecycle
+    def close(self) -> None:
+        self.ctx.close()
+        self.llama.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def n_ctx(self) -> int:
+        return self.ctx.n_ctx
+
+    # text <-> tokens
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Tokens of `text`; control tokens written as text (e.g. <start_of_turn>) are parsed when special."""
+        return self.llama.tokenize(text, add_special=add_bos, parse_special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.llama.detokenize(tokens)
+
+    # generation
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        settings: GenerationSettings | None = None,
+        *,
+        cancel: CancelToken | None = None,
+        **overrides: object,
+    ) -> Stream:
+        """Stream the completion of `prompt` (text gets BOS prepended) as text pieces."""
+        settings = (settings or GenerationSettings()).replace(**overrides) if overrides else (settings or GenerationSettings())
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        return self.generator.stream(tokens, settings, cancel)
+
+    def generate(
+        self, prompt: str | Sequence[int], settings: GenerationSettings | None = None, **overrides: object
+    ) -> GenerationResult:
+        return self.stream(prompt, settings, **overrides).consume()
+
+    async def astream(
+        self, prompt: str | Sequence[int], settings: GenerationSettings | None = None, **overrides: object
+    ) -> AsyncIterator[str]:
+        """Async iterator of text pieces; cancelling the consumer cancels the generation."""
+        async for piece in aiter_stream(self.stream(prompt, settings, **overrides)):
+            yield piece
+
+    def reset(self) -> None:
+        """Forget the cached prompt."""
+        self.generator.cache.reset()
+
+
+def load_model(
+    path: str | os.PathLike[str] | None = None, settings: RuntimeSettings | None = None, **overrides: object
+) -> Model:
+    """Load a GGUF (the default model when path is None). Keyword overrides go to RuntimeSettings."""
+    settings = settings or RuntimeSettings()
+    if overrides:
+        settings = settings.replace(**overrides)
+    return Model(path, settings)
