@@ -127,7 +127,7 @@ class GemmaFormat(ChatFormat):
                 parts.append(f"<start_of_turn>user\n{gemma3_format_result(m.name or 'tool', m.content)}<end_of_turn>\n")
                 continue
             role = "model" if m.role == "assistant" else "user"
-            content = m.content
+            content = m.content.strip()  # Gemma's templates trim every message
             if m.tool_calls:
                 content = (content + "\n" if content else "") + gemma3_format_call(m.tool_calls)
             parts.append(f"<start_of_turn>{role}\n{content}<end_of_turn>\n")

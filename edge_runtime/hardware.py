@@ -17,7 +17,7 @@ from pathlib import Path
 
 # Feature flags worth reporting, by the name /proc/cpuinfo uses -> our name.
 _X86_FEATURES = {
-    "sse3": "SSE3", "ssse3": "SSSE3", "avx": "AVX", "f16c": "F16C", "fma": "FMA", "avx2": "AVX2",
+    "pni": "SSE3", "sse3": "SSE3", "ssse3": "SSSE3", "avx": "AVX", "f16c": "F16C", "fma": "FMA", "avx2": "AVX2",
     "avx_vnni": "AVX-VNNI", "avx512f": "AVX-512", "avx512_vnni": "AVX-512-VNNI", "avx512_bf16": "AVX-512-BF16",
     "amx_int8": "AMX-INT8",
 }

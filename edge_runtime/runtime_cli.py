@@ -1,0 +1,221 @@
+"""`edge-runtime generate | chat | info`: thin commands over the runtime library."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from typing import Iterator
+
+from edge_runtime.generate import CancelToken, GenerationSettings, Stream
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that loads a model."""
+    g = parser.add_argument_group("model and machine")
+    g.add_argument("-m", "--model", help="GGUF file (default: the embedded Gemma 3 270M)")
+    g.add_argument("-c", "--ctx", type=int, help="context window in tokens (default: 4096 or the model's limit)")
+    g.add_argument("-t", "--threads", type=int, help="generation threads (default: performance cores)")
+    g.add_argument("--batch", type=int, help="prompt batch size (default 512)")
+    g.add_argument("--ubatch", type=int, help="micro-batch size (default 512)")
+    g.add_argument("--kv-cache-type", default="f16", choices=["f16", "q8_0"], help="KV cache precision")
+    fa = g.add_mutually_exclusive_group()
+    fa.add_argument("--flash-attn", dest="flash_attn", action="store_true", default=None)
+    fa.add_argument("--no-flash-attn", dest="flash_attn", action="store_false")
+    g.add_argument("--mlock", action="store_true", help="lock the weights in RAM")
+    g.add_argument("--no-mmap", action="store_true", help="read the weights instead of memory-mapping them")
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("sampling")
+    g.add_argument("-n", "--max-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
+    g.add_argument("--top-k", type=int, default=40)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--min-p", type=float, default=0.05)
+    g.add_argument("--repeat-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, help="random seed (default: random)")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable; not printed)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def runtime_settings(args: argparse.Namespace):
+    from edge_runtime.settings import RuntimeSettings
+
+    return RuntimeSettings(
+        n_ctx=args.ctx,
+        n_threads=args.threads,
+        n_batch=args.batch,
+        n_ubatch=args.ubatch,
+        kv_cache_type=args.kv_cache_type,
+        flash_attn=args.flash_attn,
+        use_mlock=args.mlock,
+        use_mmap=not args.no_mmap,
+    )
+
+
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+
+
+@contextlib.contextmanager
+def cancel_on_sigint(stream: Stream) -> Iterator[None]:
+    """Ctrl-C cancels the reply in flight instead of ending the program."""
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: stream.cancel())
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _print_stream(stream: Stream, quiet: bool) -> None:
+    with cancel_on_sigint(stream):
+        for piece in stream:
+            if not quiet:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from edge_runtime.model import load_model
+
+    prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
+    with load_model(args.model, runtime_settings(args)) as model:
+        stream = model.stream(prompt, generation_settings(args))
+        _print_stream(stream, quiet=args.json)
+        result = stream.result
+        assert result is not None
+        if args.json:
+            print(json.dumps({"text": result.text, "finish_reason": result.finish_reason, "metrics": result.metrics.as_dict()}, ensure_ascii=False))
+        else:
+            print()
+            if args.verbose:
+                print(json.dumps(result.metrics.as_dict()), file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from edge_runtime.chat import ChatSession
+    from edge_runtime.model import load_model
+
+    interactive = sys.stdin.isatty() and not args.json
+    with load_model(args.model, runtime_settings(args)) as model:
+        session = ChatSession(model, args.system, settings=generation_settings(args))
+        if interactive:
+            print(f"{model.info.name} ({model.n_ctx}-token window). /reset, /system TEXT, /quit; Ctrl-C stops a reply.", file=sys.stderr)
+        while True:
+            if interactive:
+                try:
+                    line = input("> ")
+                except (EOFError, KeyboardInterrupt):
+                    print(file=sys.stderr)
+                    return 0
+            else:
+                line = sys.stdin.readline()
+                if not line:
+                    return 0
+                line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if line.strip() in ("/quit", "/exit"):
+                return 0
+            if line.strip() == "/reset":
+                session.reset()
+                if interactive:
+                    print("(conversation cleared)", file=sys.stderr)
+                continue
+            if line.startswith("/system"):
+                session.set_system(line[len("/system") :].strip())
+                session.reset()
+                if interactive:
+                    print("(system prompt set; conversation cleared)", file=sys.stderr)
+                continue
+            stream = session.send(line)
+            _print_stream(stream, quiet=args.json)
+            result = stream.result
+            assert result is not None
+            if args.json:
+                print(json.dumps({"text": result.text, "finish_reason": result.finish_reason, "metrics": result.metrics.as_dict()}, ensure_ascii=False), flush=True)
+            else:
+                print("\n" if result.finish_reason != "cancelled" else " [stopped]\n", flush=True)
+                if result.truncated:
+                    print("(warning: your message was too long for the window; only its end was kept)", file=sys.stderr)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from edge_runtime.backend.core import system_info
+    from edge_runtime.hardware import detect_cpu
+    from edge_runtime.model import load_model
+
+    cpu = detect_cpu()
+    with load_model(args.model, runtime_settings(args)) as model:
+        info = dataclasses.asdict(model.info)
+        settings = model.settings.as_dict()
+        reasons = model.settings.reasons
+        chat = model.chat_format.name
+    cpu_d = dataclasses.asdict(cpu)
+    cpu_d.pop("core_capacities", None)
+    report = {"model": info, "settings": settings, "chat_format": chat, "cpu": cpu_d, "llama_cpp": system_info()}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print("Model")
+    for k, v in info.items():
+        print(f"  {k:18} {v}")
+    print(f"  {'chat_format':18} {chat}")
+    print("Settings")
+    for k, v in settings.items():
+        why = f"  ({reasons[k]})" if k in reasons else ""
+        print(f"  {k:18} {v}{why}")
+    print("CPU")
+    print(f"  {'model':18} {cpu.model} ({cpu.machine})")
+    print(f"  {'cores':18} {cpu.physical_cores} physical, {cpu.performance_cores} performance, "
+          f"{cpu.efficiency_cores} efficiency, {cpu.logical_cpus} logical")
+    print(f"  {'features':18} {', '.join(cpu.features) or 'none detected'}")
+    if cpu.total_memory_mb:
+        print(f"  {'memory':18} {cpu.total_memory_mb} MiB")
+    print(f"  {'llama.cpp':18} {system_info()}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate", help="stream a completion of PROMPT")
+    p.add_argument("prompt", help="the prompt text, or - to read it from stdin")
+    add_model_options(p)
+    add_sampling_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = subparsers.add_parser("chat", help="chat interactively (or one turn per line from a pipe)")
+    p.add_argument("--system", help="system prompt (pinned in the window)")
+    add_model_options(p)
+    add_sampling_options(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = subparsers.add_parser("info", help="model metadata, chosen settings and CPU features")
+    p.add_argument("model_path", nargs="?", metavar="MODEL", help="GGUF file (default: the embedded model)")
+    add_model_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: cmd_info(_merge_model(a)))
+
+
+def _merge_model(args: argparse.Namespace) -> argparse.Namespace:
+    if args.model_path:
+        args.model = args.model_path
+    return args
