@@ -98,7 +98,7 @@ def fold_system(messages: Sequence[Message]) -> list[Message]:
     text = "\n\n".join(s for s in system if s)
     if rest and rest[0].role == "user":
         first = rest[0]
-        return [Message("user", f"{text}\n\n{first.content}" if first.content else text)] + rest[1:]
+        return [Message("user", f"{text}\n\n{first.content.strip()}" if first.content else text)] + rest[1:]
     return [Message("user", text)] + rest
 
 

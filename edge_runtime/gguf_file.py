@@ -96,12 +96,15 @@ class _Cursor:
     def __init__(self, buf: mmap.mmap, path: Path) -> None:
         self.buf, self.pos, self.path, self.size = buf, 0, path, len(buf)
 
+    def damaged(self, what: str) -> InvalidModelError:
+        return InvalidModelError(
+            f"{self.path} is truncated or corrupt: {what} (header offset {self.pos} of {self.size} bytes). "
+            "Download or convert it again."
+        )
+
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > self.size:
-            raise InvalidModelError(
-                f"{self.path} is truncated or corrupt: its header ends early "
-                f"(needed {n} bytes at offset {self.pos} of {self.size}). Download or convert it again."
-            )
+            raise self.damaged(f"the header ends early, {n} more bytes needed")
         out = self.buf[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -112,7 +115,7 @@ class _Cursor:
     def string(self) -> str:
         n = self.scalar("<Q")
         if n > self.size:
-            raise InvalidModelError(f"{self.path} is corrupt: a metadata string claims {n} bytes. Re-download it.")
+            raise self.damaged(f"a metadata string claims {n} bytes")
         return self.take(n).decode("utf-8", errors="replace")
 
     def value(self, vtype: int) -> Any:
@@ -123,13 +126,13 @@ class _Cursor:
         if vtype == _ARRAY:
             etype, length = self.scalar("<I"), self.scalar("<Q")
             if length > self.size:
-                raise InvalidModelError(f"{self.path} is corrupt: an array claims {length} items. Re-download it.")
+                raise self.damaged(f"an array claims {length} items")
             if etype in _SCALARS and length > _MAX_KEPT_ARRAY:
                 self.take(struct.calcsize(_SCALARS[etype]) * length)
                 return ArraySummary(etype, length)
             items = [self.value(etype) for _ in range(length)]
             return ArraySummary(etype, length) if length > _MAX_KEPT_ARRAY else items
-        raise InvalidModelError(f"{self.path} is corrupt: unknown metadata value type {vtype}. Re-download it.")
+        raise self.damaged(f"unknown metadata value type {vtype}")
 
 
 def _tensor_bytes(shape: tuple[int, ...], type_id: int, path: Path, name: str) -> tuple[str, int]:

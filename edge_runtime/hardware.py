@@ -141,9 +141,10 @@ def detect_cpu(cpuinfo_text: str | None = None, sysfs: Path | None = None, machi
     capacities = core_capacities(sysfs, cpus)
     performance = efficiency = 0
     if capacities and len(set(capacities.values())) > 1:
-        top = max(capacities.values())
-        # big.LITTLE / P+E: performance cores are the fastest cluster(s), within 10%.
-        big = [c for c, cap in capacities.items() if cap >= 0.9 * top]
+        # big.LITTLE / P+E: every core faster than the slowest cluster counts (big and prime
+        # cores together beat the prime core alone; little cores slow a synchronous matmul down).
+        slowest = min(capacities.values())
+        big = [c for c, cap in capacities.items() if cap > 1.1 * slowest]
         performance = max(1, len(big) // threads_per_core)
         efficiency = max(0, physical - performance)
     else:
