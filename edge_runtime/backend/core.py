@@ -443,6 +443,10 @@ class Sampler:
     """A llama.cpp sampler chain (grammar, penalties, top-k/p, min-p, temperature)."""
 
     def __init__(self, model: LlamaModel, params: SamplerParams) -> None:
+        self._n_vocab = model.n_vocab
+        # Plain greedy needs no chain: an argmax over the logits in place is cheaper than
+        # llama.cpp filling a candidate array of the whole vocabulary for every token.
+        self._argmax_only = params.temperature <= 0 and not params.grammar and params.repeat_penalty == 1.0
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         self._ptr = chain
         add = lambda s: lc.llama_sampler_chain_add(chain, s)  # noqa: E731
@@ -470,6 +474,9 @@ class Sampler:
 
     def sample(self, ctx: LlamaContext, index: int = -1) -> int:
         """Sample from the index-th output and record the token in the chain's state."""
+        if self._argmax_only:
+            logits = lc.llama_get_logits_ith(ctx.ptr, index)
+            return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
         return int(lc.llama_sampler_sample(self._ptr, ctx.ptr, index))
 
     def accept(self, token: int) -> None:

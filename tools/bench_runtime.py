@@ -1,0 +1,193 @@
+"""Runtime benchmark: edge_runtime vs llama-cpp-python on the same model, threads and settings.
+
+    python tools/bench_runtime.py [--model PATH] [--threads N] [--tokens 128] [--repeats 3] [--json]
+
+1. Generation tokens/s: edge_runtime's streaming generator vs a raw
+   llama-cpp-python `eval` + argmax loop (target ratio >= 0.97), and
+   llama-cpp-python's high-level `Llama(stream=True)` for reference.
+2. Long chat at n_ctx=512: time to first token of turn 50 vs turn 2 (target <= 1.2x),
+   next to llama-cpp-python's `create_chat_completion` on the same script, which
+   keeps the whole history (and fails once it overflows) or, with the history
+   trimmed the same way, re-evaluates the shifted window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge_runtime import GenerationSettings, load_model  # noqa: E402
+from edge_runtime.chat import ChatSession  # noqa: E402
+from edge_runtime.default_model import default_model_path  # noqa: E402
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+SYSTEM = "You are a helpful assistant running on a small device. Answer briefly."
+
+
+def user_turn(i: int) -> str:
+    return f"Turn {i}: tell me one fact about the number {i * 7} and why it matters."
+
+
+def bench_ours_generation(model_path: Path, threads: int, n_tokens: int, repeats: int) -> float:
+    rates = []
+    with load_model(model_path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, flash_attn=False) as m:
+        settings = GenerationSettings(temperature=0, max_tokens=n_tokens)
+        m.generate(PROMPT, settings.replace(max_tokens=8))  # warm-up
+        for _ in range(repeats):
+            m.reset()
+            t0, first, n = time.perf_counter(), None, 0
+            stream = m.stream(PROMPT, settings)
+            for _piece in stream:
+                first = first or time.perf_counter()
+            n = stream.result.metrics.generated_tokens
+            rates.append(stream.result.metrics.gen_tps)
+            assert n == n_tokens, n
+    return statistics.median(rates)
+
+
+def bench_raw_loop(model_path: Path, threads: int, n_tokens: int, repeats: int) -> tuple[float, float]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model_path), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+                flash_attn=False, verbose=False)
+    tokens = llm.tokenize(PROMPT.encode())
+    raw, high = [], []
+    for _ in range(repeats):
+        llm.reset()
+        llm.eval(tokens)
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t0 = time.perf_counter()
+        for _ in range(n_tokens - 1):
+            llm.eval([tok])
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        raw.append((n_tokens - 1) / (time.perf_counter() - t0))
+
+        llm.reset()
+        t0, first, n = time.perf_counter(), None, 0
+        for _chunk in llm(PROMPT, max_tokens=n_tokens, temperature=0, top_k=1, stream=True):
+            first = first or time.perf_counter()
+            n += 1
+        high.append((n - 1) / (time.perf_counter() - first))
+    llm.close()
+    return statistics.median(raw), statistics.median(high)
+
+
+def bench_ours_chat(model_path: Path, threads: int, turns: int, max_tokens: int) -> list[dict]:
+    out = []
+    with load_model(model_path, n_ctx=512, n_threads=threads, n_threads_batch=threads, flash_attn=False) as m:
+        chat = ChatSession(m, SYSTEM, settings=GenerationSettings(temperature=0, max_tokens=max_tokens))
+        for i in range(1, turns + 1):
+            r = chat.ask(user_turn(i))
+            out.append({"turn": i, "ttft_s": r.metrics.ttft_s, "prompt_tokens": r.metrics.prompt_tokens,
+                        "evaluated": r.metrics.prompt_tokens - r.metrics.reused_tokens})
+    return out
+
+
+def bench_llama_cpp_chat(model_path: Path, threads: int, turns: int, max_tokens: int, trim: bool) -> list[dict]:
+    """create_chat_completion with the whole history (trim=False) or a window trimmed like ours."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model_path), n_ctx=512, n_threads=threads, n_threads_batch=threads,
+                flash_attn=False, verbose=False, chat_format="gemma")
+    history: list[dict] = []
+    out = []
+    for i in range(1, turns + 1):
+        history.append({"role": "user", "content": (SYSTEM + "\n\n" if i == 1 else "") + user_turn(i)})
+        if trim:
+            # Keep the first (system-carrying) user turn and as many recent exchanges as fit.
+            while len(history) > 3 and len(llm.tokenize(_gemma_prompt(history).encode())) + max_tokens > 512:
+                del history[1:3]
+        t0 = time.perf_counter()
+        try:
+            stream = llm.create_chat_completion(history, max_tokens=max_tokens, temperature=0, top_k=1, stream=True)
+            text, ttft = "", None
+            for chunk in stream:
+                delta = chunk["choices"][0]["delta"].get("content")
+                if delta is not None and ttft is None:
+                    ttft = time.perf_counter() - t0
+                text += delta or ""
+        except ValueError as exc:
+            out.append({"turn": i, "error": str(exc)})
+            break
+        history.append({"role": "assistant", "content": text})
+        out.append({"turn": i, "ttft_s": ttft or (time.perf_counter() - t0)})
+    llm.close()
+    return out
+
+
+def _gemma_prompt(history: list[dict]) -> str:
+    return "".join(f"<start_of_turn>{'model' if m['role'] == 'assistant' else 'user'}\n{m['content']}<end_of_turn>\n" for m in history) + "<start_of_turn>model\n"
+
+
+def _turn(rows: list[dict], n: int) -> dict:
+    return next((r for r in rows if r["turn"] == n), {})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--turns", type=int, default=50)
+    ap.add_argument("--reply-tokens", type=int, default=24)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    model_path = args.model or default_model_path()
+
+    ours = bench_ours_generation(model_path, args.threads, args.tokens, args.repeats)
+    raw, high = bench_raw_loop(model_path, args.threads, args.tokens, args.repeats)
+    chat = bench_ours_chat(model_path, args.threads, args.turns, args.reply_tokens)
+    ref_full = bench_llama_cpp_chat(model_path, args.threads, args.turns, args.reply_tokens, trim=False)
+    ref_trim = bench_llama_cpp_chat(model_path, args.threads, args.turns, args.reply_tokens, trim=True)
+
+    t2, t50 = _turn(chat, 2)["ttft_s"], _turn(chat, args.turns)["ttft_s"]
+    late = [r["ttft_s"] for r in chat[-10:]]
+    ref_fail = next((r for r in ref_full if "error" in r), None)
+    report = {
+        "model": str(model_path),
+        "threads": args.threads,
+        "generation_tps": {"edge_runtime": ours, "llama_cpp_raw_loop": raw, "llama_cpp_stream": high,
+                           "ratio_vs_raw": ours / raw, "ratio_vs_stream": ours / high},
+        "chat_n_ctx_512": {
+            "ttft_turn2_s": t2, f"ttft_turn{args.turns}_s": t50, "ratio": t50 / t2,
+            "ratio_median_last10": statistics.median(late) / t2,
+            "evaluated_tokens_last_turn": _turn(chat, args.turns)["evaluated"],
+            "llama_cpp_full_history_failed_at_turn": ref_fail["turn"] if ref_fail else None,
+            "llama_cpp_full_history_error": ref_fail["error"] if ref_fail else None,
+            "llama_cpp_trimmed_ttft_turn2_s": _turn(ref_trim, 2).get("ttft_s"),
+            f"llama_cpp_trimmed_ttft_turn{args.turns}_s": _turn(ref_trim, args.turns).get("ttft_s"),
+            "llama_cpp_trimmed_ratio": (_turn(ref_trim, args.turns).get("ttft_s") or 0) / (_turn(ref_trim, 2).get("ttft_s") or 1),
+        },
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    g, c = report["generation_tps"], report["chat_n_ctx_512"]
+    print(f"model {model_path.name}, {args.threads} threads, {args.tokens} tokens x {args.repeats}")
+    print(f"generation tok/s   edge_runtime {ours:7.1f} | raw eval loop {raw:7.1f} | Llama stream {high:7.1f}")
+    print(f"  ratio vs raw loop      {g['ratio_vs_raw']:.3f}  (target >= 0.97)")
+    print(f"  ratio vs Llama stream  {g['ratio_vs_stream']:.3f}")
+    print(f"chat at n_ctx=512, {args.turns} turns, {args.reply_tokens}-token replies")
+    print(f"  edge_runtime TTFT turn 2 {t2 * 1000:6.1f} ms, turn {args.turns} {t50 * 1000:6.1f} ms, ratio {c['ratio']:.2f}"
+          f" (median of last 10: {c['ratio_median_last10']:.2f}; target <= 1.2)")
+    print(f"  edge_runtime evaluated {c['evaluated_tokens_last_turn']} prompt tokens at turn {args.turns}")
+    if ref_fail:
+        print(f"  llama-cpp-python, full history: failed at turn {ref_fail['turn']}: {ref_fail['error']}")
+    rt2, rt50 = c["llama_cpp_trimmed_ttft_turn2_s"], c[f"llama_cpp_trimmed_ttft_turn{args.turns}_s"]
+    if rt2 and rt50:
+        print(f"  llama-cpp-python, trimmed window: TTFT turn 2 {rt2 * 1000:6.1f} ms, turn {args.turns} {rt50 * 1000:6.1f} ms, "
+              f"ratio {c['llama_cpp_trimmed_ratio']:.2f}; edge_runtime is {rt50 / t50:.1f}x faster at turn {args.turns}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
