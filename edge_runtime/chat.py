@@ -63,6 +63,8 @@ class ChatSession:
         self.settings = settings or GenerationSettings()
         self.tools = as_tools(tools)
         self.format = model.chat_format
+        ids = (model.llama.token_id(t) for t in self.format.turn_tokens)
+        self._stop_tokens = tuple(i for i in ids if i is not None)
         self.messages: list[Message] = []
         self.system: str | None = None
         self._window_start = 0
@@ -172,9 +174,10 @@ class ChatSession:
             self.messages.append(Message("user", content))
         elif not self.messages:
             raise InvalidArgumentError("nothing to reply to: send a message first")
-        settings = settings or self.settings
-        if self.format.stop_strings:
-            settings = settings.replace(stop=tuple(dict.fromkeys((*settings.stop, *self.format.stop_strings))))
+        settings = (settings or self.settings).replace(
+            stop=tuple(dict.fromkeys((*(settings or self.settings).stop, *self.format.stop_strings))),
+            stop_tokens=tuple(dict.fromkeys((*(settings or self.settings).stop_tokens, *self._stop_tokens))),
+        )
         reserve = max(1, min(settings.max_tokens, self.model.n_ctx // 2))
         tokens, dropped, truncated = self._build_window(reserve)
         settings = settings.replace(max_tokens=min(settings.max_tokens, self.model.n_ctx - len(tokens)))

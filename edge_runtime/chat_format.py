@@ -77,9 +77,16 @@ class ChatFormat(ABC):
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True, tools: Sequence["Tool"] = ()) -> str:
         ...
 
+    start_of_turn: str = ""
+
     @property
     def stop_strings(self) -> tuple[str, ...]:
         return (self.end_of_turn,) if self.end_of_turn else ()
+
+    @property
+    def turn_tokens(self) -> tuple[str, ...]:
+        """Control tokens that end a reply: the end of a turn, or the start of a new one."""
+        return tuple(t for t in (self.end_of_turn, self.start_of_turn) if t)
 
     @staticmethod
     def for_model(architecture: str, gguf_template: str | None, llama: "LlamaModel | None" = None) -> "ChatFormat":
@@ -107,6 +114,7 @@ class GemmaFormat(ChatFormat):
 
     name = "gemma"
     end_of_turn = "<end_of_turn>"
+    start_of_turn = "<start_of_turn>"
     generation_prefix = "<start_of_turn>model\n"
 
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True, tools: Sequence["Tool"] = ()) -> str:
@@ -141,6 +149,7 @@ class Gemma4Format(ChatFormat):
 
     name = "gemma4"
     end_of_turn = "<turn|>"
+    start_of_turn = "<|turn>"
     generation_prefix = "<|turn>model\n<|channel>thought\n<channel|>"
 
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True, tools: Sequence["Tool"] = ()) -> str:
@@ -194,6 +203,7 @@ class JinjaFormat(ChatFormat):
 
         self.fallback = fallback
         self.end_of_turn = fallback.end_of_turn
+        self.start_of_turn = fallback.start_of_turn
         self.generation_prefix = fallback.generation_prefix
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
 

@@ -33,6 +33,7 @@ class GenerationSettings:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF, e.g. from tools.json_schema_grammar()
+    stop_tokens: tuple[int, ...] = ()  # token ids that end the reply (besides end-of-generation ones)
 
     def replace(self, **changes: object) -> "GenerationSettings":
         return dataclasses.replace(self, **changes)
@@ -197,7 +198,7 @@ class Generator:
                     if not out_tokens:
                         t_first = time.perf_counter()
                         metrics.ttft_s = t_first - t_start
-                    if self.model.is_eog(token):
+                    if self.model.is_eog(token) or token in settings.stop_tokens:
                         finish = "stop"
                         break
                     out_tokens.append(token)

@@ -200,3 +200,12 @@ def test_swa_cache_rollback_is_never_stale(default_model_path):
         assert result.metrics.reused_tokens == 0
         with load_model(default_model_path, n_ctx=2048, n_ubatch=64, n_batch=64, swa_full=False, flash_attn=False) as fresh:
             assert fresh.generate(rollback, settings).text == result.text
+
+
+def test_stop_tokens_end_the_reply_unemitted(model):
+    full = model.generate("The capital of France is", GREEDY)
+    stop_at = full.tokens[5]
+    result = model.generate("The capital of France is", GREEDY.replace(stop_tokens=(stop_at,)))
+    assert result.finish_reason == "stop"
+    assert result.tokens == full.tokens[: full.tokens.index(stop_at)]
+    assert result.text == model.detokenize(result.tokens)
