@@ -209,3 +209,18 @@ def test_stop_tokens_end_the_reply_unemitted(model):
     assert result.finish_reason == "stop"
     assert result.tokens == full.tokens[: full.tokens.index(stop_at)]
     assert result.text == model.detokenize(result.tokens)
+
+
+def test_detokenization_cost_does_not_grow_with_output(model, monkeypatch):
+    """Each generated token is turned into bytes exactly once: no re-detokenizing the whole output."""
+    calls = []
+    real = model.llama.token_to_piece
+
+    def counting(token, **kw):
+        calls.append(token)
+        return real(token, **kw)
+
+    monkeypatch.setattr(model.llama, "token_to_piece", counting)
+    result = model.generate("Once upon a time", GREEDY.replace(max_tokens=200))
+    assert result.metrics.generated_tokens == 200
+    assert calls == result.tokens
