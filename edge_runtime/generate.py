@@ -20,19 +20,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    """Per-call sampling and stopping settings. temperature 0 is greedy."""
+class GenerationSettings(SamplerParams):
+    """Per-call sampling (temperature 0 is greedy; grammar is GBNF) and stopping settings."""
 
     max_tokens: int = 256
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    seed: int | None = None
     stop: tuple[str, ...] = ()
-    grammar: str | None = None  # GBNF, e.g. from tools.json_schema_grammar()
     stop_tokens: tuple[int, ...] = ()  # token ids that end the reply (besides end-of-generation ones)
 
     def replace(self, **changes: object) -> "GenerationSettings":
@@ -51,18 +43,6 @@ class GenerationSettings:
             raise InvalidArgumentError(f"repeat_penalty must be > 0, not {self.repeat_penalty}")
         if isinstance(self.stop, str):
             raise InvalidArgumentError("stop must be a sequence of strings, not a single string")
-
-    def sampler_params(self) -> SamplerParams:
-        return SamplerParams(
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            min_p=self.min_p,
-            repeat_penalty=self.repeat_penalty,
-            repeat_last_n=self.repeat_last_n,
-            seed=0xFFFFFFFF if self.seed is None else self.seed,
-            grammar=self.grammar,
-        )
 
 
 @dataclass
@@ -166,7 +146,7 @@ class Generator:
             out_tokens: list[int] = []
             pieces: list[str] = []
             finish = "length"
-            sampler = Sampler(self.model, settings.sampler_params())
+            sampler = Sampler(self.model, settings)
             self.ctx.set_abort_check(lambda: cancel.cancelled)
             try:
                 reuse = self.cache.prepare(prompt)

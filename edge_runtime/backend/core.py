@@ -76,11 +76,49 @@ def system_info() -> str:
     return lc.llama_print_system_info().decode("utf-8", errors="replace").strip()
 
 
+# --------------------------------------------------------------------------- handles
+
+
+class _Handle:
+    """Owns one C object: closed explicitly (or with `with`); a closed handle raises, never crashes."""
+
+    _kind = "object"
+    _ptr = None
+
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise InvalidArgumentError(f"the {self._kind} has been closed")
+        return self._ptr
+
+    def _free(self, ptr) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            self._free(ptr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # last resort; callers close explicitly
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 # --------------------------------------------------------------------------- model
 
 
-class LlamaModel:
+class LlamaModel(_Handle):
     """A loaded GGUF model (weights and vocabulary)."""
+
+    _kind = "model"
 
     def __init__(self, ptr: lc.llama_model_p, path: Path) -> None:
         self._ptr = ptr
@@ -127,28 +165,8 @@ class LlamaModel:
             raise ModelError(f"llama.cpp could not load {path}: {reasons}")
         return cls(ptr, path)
 
-    @property
-    def ptr(self) -> lc.llama_model_p:
-        if self._ptr is None:
-            raise InvalidArgumentError("the model has been closed")
-        return self._ptr
-
-    def close(self) -> None:
-        if self._ptr is not None:
-            lc.llama_model_free(self._ptr)
-            self._ptr = None
-
-    def __enter__(self) -> "LlamaModel":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # last resort; callers close explicitly
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self, ptr: lc.llama_model_p) -> None:
+        lc.llama_model_free(ptr)
 
     # metadata
     def meta(self, key: str) -> str | None:
@@ -249,8 +267,10 @@ class PerfCounters:
 _ABORT_CALLBACK_TYPE = lc.ggml_abort_callback
 
 
-class LlamaContext:
+class LlamaContext(_Handle):
     """An inference context: KV memory for one sequence, decode and logits."""
+
+    _kind = "context"
 
     def __init__(self, model: LlamaModel, params: ContextParams) -> None:
         for name in ("type_k", "type_v"):
@@ -291,30 +311,9 @@ class LlamaContext:
         self._abort_cb = _ABORT_CALLBACK_TYPE(self._abort_trampoline)
         lc.llama_set_abort_callback(ptr, self._abort_cb, None)
 
-    # lifecycle
-    @property
-    def ptr(self) -> lc.llama_context_p:
-        if self._ptr is None:
-            raise InvalidArgumentError("the context has been closed")
-        return self._ptr
-
-    def close(self) -> None:
-        if self._ptr is not None:
-            lc.llama_batch_free(self._batch)
-            lc.llama_free(self._ptr)
-            self._ptr = None
-
-    def __enter__(self) -> "LlamaContext":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self, ptr: lc.llama_context_p) -> None:
+        lc.llama_batch_free(self._batch)
+        lc.llama_free(ptr)
 
     # cancellation
     def _abort_trampoline(self, _data: ctypes.c_void_p) -> bool:
@@ -435,12 +434,14 @@ class SamplerParams:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
-    seed: int = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: random
+    seed: int | None = None  # None: random
     grammar: str | None = None
 
 
-class Sampler:
+class Sampler(_Handle):
     """A llama.cpp sampler chain (grammar, penalties, top-k/p, min-p, temperature)."""
+
+    _kind = "sampler"
 
     def __init__(self, model: LlamaModel, params: SamplerParams) -> None:
         self._n_vocab = model.n_vocab
@@ -470,7 +471,7 @@ class Sampler:
             if params.min_p > 0:
                 add(lc.llama_sampler_init_min_p(params.min_p, 1))
             add(lc.llama_sampler_init_temp(params.temperature))
-            add(lc.llama_sampler_init_dist(params.seed & 0xFFFFFFFF))
+            add(lc.llama_sampler_init_dist(lc.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF))
 
     def sample(self, ctx: LlamaContext, index: int = -1) -> int:
         """Sample from the index-th output and record the token in the chain's state."""
@@ -483,22 +484,8 @@ class Sampler:
         """Record a token the chain did not sample (e.g. prompt tokens for penalties)."""
         lc.llama_sampler_accept(self._ptr, token)
 
-    def close(self) -> None:
-        if self._ptr is not None:
-            lc.llama_sampler_free(self._ptr)
-            self._ptr = None
-
-    def __enter__(self) -> "Sampler":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _free(self, ptr: lc.llama_sampler_p) -> None:
+        lc.llama_sampler_free(ptr)
 
 
 # --------------------------------------------------------------------------- grammars
