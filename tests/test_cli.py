@@ -68,3 +68,31 @@ def test_errors_are_one_clear_line(args, message):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr and proc.stderr.startswith("edge-runtime: error:")
+
+
+def test_ctrl_c_stops_the_reply_not_the_program():
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime", "chat", "--json", "-n", "1500", "--ctx", "2048", "--temperature", "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        proc.stdin.write("Write a very long story about the sea.\n")
+        proc.stdin.flush()
+        time.sleep(5)  # model loaded and the reply well under way (1500 tokens take far longer)
+        proc.send_signal(signal.SIGINT)
+        proc.stdin.write("Hello\n")
+        proc.stdin.close()
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    turns = [json.loads(line) for line in out.splitlines()]
+    assert len(turns) == 2
+    assert turns[0]["finish_reason"] == "cancelled"
+    assert turns[0]["metrics"]["generated_tokens"] < 1500
+    assert turns[1]["metrics"]["generated_tokens"] > 0
