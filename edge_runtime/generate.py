@@ -48,7 +48,7 @@ class GenerationSettings(SamplerParams):
 @dataclass
 class GenerationResult:
     text: str
-    finish_reason: str  # "stop" (end of turn or stop string), "length", "cancelled"
+    finish_reason: str  # "stop" (end of turn, stop string or token), "length", "cancelled", "error"
     tokens: list[int] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
 
@@ -193,14 +193,11 @@ class Generator:
                         break  # no need to evaluate a token nothing will follow
                     pos = len(self.cache.tokens)
                     if pos >= n_ctx:
-                        finish = "length"
-                        break
+                        break  # the window is full
                     if not self.ctx.decode_one(token, pos):
                         finish = "cancelled"
                         break
                     self.cache.tokens.append(token)
-                else:
-                    finish = "length"
                 if not stops.stopped:
                     tail = stops.feed(detok.flush()) + stops.flush()
                     if tail:
@@ -209,6 +206,14 @@ class Generator:
                 if len(out_tokens) > 1:
                     gen_s = time.perf_counter() - t_first
                     metrics.gen_tps = (len(out_tokens) - 1) / gen_s if gen_s > 0 else 0.0
+            except GeneratorExit:  # the consumer stopped iterating
+                finish = "cancelled"
+                raise
+            except BaseException:
+                # Memory and the cache's token list may disagree after a failure: start clean.
+                self.cache.reset()
+                finish = "error"
+                raise
             finally:
                 self.ctx.set_abort_check(None)
                 sampler.close()

@@ -224,3 +224,14 @@ def test_detokenization_cost_does_not_grow_with_output(model, monkeypatch):
     result = model.generate("Once upon a time", GREEDY.replace(max_tokens=200))
     assert result.metrics.generated_tokens == 200
     assert calls == result.tokens
+
+
+def test_closing_the_stream_early_cancels_and_keeps_the_cache_consistent(model):
+    expected = model.generate("The capital of France is", GREEDY.replace(max_tokens=12)).text
+    with model.stream("Once upon a time", GREEDY) as stream:
+        for i, _ in enumerate(stream):
+            if i == 3:
+                break
+    assert stream.result.finish_reason == "cancelled"
+    assert len(model.generator.cache.tokens) == model.ctx.pos_max() + 1
+    assert model.generate("The capital of France is", GREEDY.replace(max_tokens=12)).text == expected
