@@ -174,9 +174,10 @@ class ChatSession:
             self.messages.append(Message("user", content))
         elif not self.messages:
             raise InvalidArgumentError("nothing to reply to: send a message first")
-        settings = (settings or self.settings).replace(
-            stop=tuple(dict.fromkeys((*(settings or self.settings).stop, *self.format.stop_strings))),
-            stop_tokens=tuple(dict.fromkeys((*(settings or self.settings).stop_tokens, *self._stop_tokens))),
+        settings = settings or self.settings
+        settings = settings.replace(
+            stop=tuple(dict.fromkeys((*settings.stop, *self.format.stop_strings))),
+            stop_tokens=tuple(dict.fromkeys((*settings.stop_tokens, *self._stop_tokens))),
         )
         reserve = max(1, min(settings.max_tokens, self.model.n_ctx // 2))
         tokens, dropped, truncated = self._build_window(reserve)

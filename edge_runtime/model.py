@@ -131,7 +131,9 @@ class Model:
         **overrides: object,
     ) -> Stream:
         """Stream the completion of `prompt` (text gets BOS prepended) as text pieces."""
-        settings = (settings or GenerationSettings()).replace(**overrides) if overrides else (settings or GenerationSettings())
+        settings = settings or GenerationSettings()
+        if overrides:
+            settings = settings.replace(**overrides)
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         return self.generator.stream(tokens, settings, cancel)
 
