@@ -1,0 +1,257 @@
+"""llama.cpp's multimodal library (mtmd) through llama-cpp-python: the one place that calls it.
+
+A `MultimodalProjector` pairs a projector GGUF (mmproj) with an already loaded
+text model. It encodes audio into embeddings in the text model's space and
+evaluates prompts that mix text and audio into a `LlamaContext`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import llama_cpp as lc
+from llama_cpp import mtmd_cpp as mt
+
+from edge_runtime.backend.core import LlamaContext, LlamaModel, _log_callback, ensure_backend, recent_llama_errors
+from edge_runtime.errors import (
+    AudioError,
+    GenerationError,
+    InvalidArgumentError,
+    InvalidModelError,
+    UnsupportedModelError,
+)
+from edge_runtime.gguf_file import read_header
+
+_logs_routed = False
+
+
+def _route_logs() -> None:
+    """Send mtmd's and its helpers' logs through the backend's logger (and error buffer)."""
+    global _logs_routed
+    if not _logs_routed:
+        mt.mtmd_log_set(_log_callback, ctypes.c_void_p(0))
+        mt.mtmd_helper_log_set(_log_callback, ctypes.c_void_p(0))
+        _logs_routed = True
+
+
+def default_marker() -> str:
+    """The text mtmd replaces with the media passed alongside a prompt."""
+    return mt.mtmd_default_marker().decode("utf-8")
+
+
+@dataclass(frozen=True)
+class ProjectorInfo:
+    """What a projector GGUF declares (read from its header, no weights loaded)."""
+
+    path: Path
+    has_audio: bool
+    has_vision: bool
+    audio_projector: str | None
+    vision_projector: str | None
+    projection_dim: int | None
+
+
+def inspect_projector(path: str | os.PathLike[str]) -> ProjectorInfo:
+    """Read a projector's header; ModelNotFoundError / InvalidModelError when unusable."""
+    header = read_header(path)
+    meta = header.metadata
+    if header.architecture != "clip":
+        raise InvalidModelError(
+            f"{header.path} is a {header.architecture!r} model, not a multimodal projector (mmproj) GGUF"
+        )
+    proj = meta.get("clip.projector_type")
+    audio_proj = meta.get("clip.audio.projector_type", proj if meta.get("clip.has_audio_encoder") else None)
+    vision_proj = meta.get("clip.vision.projector_type", proj if meta.get("clip.has_vision_encoder") else None)
+    dim = meta.get("clip.audio.projection_dim", meta.get("clip.vision.projection_dim"))
+    return ProjectorInfo(
+        path=header.path,
+        has_audio=bool(meta.get("clip.has_audio_encoder", False)),
+        has_vision=bool(meta.get("clip.has_vision_encoder", False)),
+        audio_projector=str(audio_proj) if audio_proj else None,
+        vision_projector=str(vision_proj) if vision_proj else None,
+        projection_dim=int(dim) if dim is not None else None,
+    )
+
+
+class _Chunks:
+    """An owned mtmd_input_chunks list (freed on exit)."""
+
+    def __init__(self) -> None:
+        self.ptr = mt.mtmd_input_chunks_init()
+        if not self.ptr:
+            raise GenerationError("mtmd could not allocate an input chunk list")
+
+    def __len__(self) -> int:
+        return int(mt.mtmd_input_chunks_size(self.ptr))
+
+    def get(self, i: int):
+        return mt.mtmd_input_chunks_get(self.ptr, i)
+
+    def __enter__(self) -> "_Chunks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        mt.mtmd_input_chunks_free(self.ptr)
+
+
+class MultimodalProjector:
+    """An mtmd context: a projector GGUF bound to a loaded text model."""
+
+    def __init__(self, mmproj_path: str | os.PathLike[str], model: LlamaModel, *, n_threads: int = 2,
+                 require_audio: bool = True) -> None:
+        ensure_backend()
+        _route_logs()
+        info = inspect_projector(mmproj_path)
+        if require_audio and not info.has_audio:
+            raise UnsupportedModelError(
+                f"{info.path} has no audio encoder (projector: {info.vision_projector or 'unknown'}); "
+                "audio needs a Gemma 4 E2B/E4B audio projector, e.g. from `edge-runtime convert-mmproj`"
+            )
+        if require_audio and info.vision_projector == "gemma3nv":
+            raise UnsupportedModelError(
+                f"{info.path} is a Gemma 3n projector: this llama.cpp runs only Gemma 3n's vision tower, "
+                "not its audio encoder; use Gemma 4 E2B/E4B for audio"
+            )
+        self.path = info.path
+        self.info = info
+        self.model = model
+        params = mt.mtmd_context_params_default()
+        params.use_gpu = False
+        params.print_timings = False
+        params.n_threads = int(n_threads)
+        params.warmup = False
+        recent_llama_errors()
+        ptr = mt.mtmd_init_from_file(os.fsencode(self.path), model.ptr, params)
+        if not ptr:
+            reasons = "; ".join(recent_llama_errors()) or "no reason given"
+            raise InvalidModelError(f"mtmd could not load the projector {self.path} with model {model.path}: {reasons}")
+        self._ptr = ptr
+        self.supports_audio = bool(mt.mtmd_support_audio(ptr))
+        self.supports_vision = bool(mt.mtmd_support_vision(ptr))
+        self.audio_sample_rate = int(mt.mtmd_get_audio_sample_rate(ptr)) if self.supports_audio else None
+        self.n_embd = model.n_embd
+        if require_audio and not self.supports_audio:
+            self.close()
+            raise UnsupportedModelError(f"llama.cpp loaded {self.path} without audio support (projector {info.audio_projector})")
+
+    # lifecycle
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise InvalidArgumentError("the multimodal projector has been closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if getattr(self, "_ptr", None) is not None:
+            mt.mtmd_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "MultimodalProjector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # audio
+    def _check_samples(self, samples: np.ndarray, sample_rate: int | None) -> np.ndarray:
+        if not self.supports_audio:
+            raise UnsupportedModelError(f"{self.path} has no audio encoder")
+        if sample_rate is not None and sample_rate != self.audio_sample_rate:
+            raise AudioError(
+                f"audio at {sample_rate} Hz given, but the projector needs {self.audio_sample_rate} Hz; resample first"
+            )
+        arr = np.asarray(samples)
+        if arr.ndim != 1:
+            raise AudioError(f"audio must be mono 1-D samples, got an array of shape {arr.shape}")
+        if arr.size == 0:
+            raise AudioError("audio is empty")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise AudioError("audio contains NaN or infinite samples")
+        return arr
+
+    def _tokenize(self, chunks: _Chunks, text: str, samples: np.ndarray, *, add_special: bool) -> None:
+        marker = default_marker()
+        if text.count(marker) != 1:
+            raise InvalidArgumentError(f"the prompt must contain the media marker {marker!r} exactly once")
+        data = samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        bitmap = mt.mtmd_bitmap_init_from_audio(samples.size, data)
+        if not bitmap:
+            raise AudioError("mtmd could not take the audio samples")
+        try:
+            encoded = text.encode("utf-8")
+            inp = mt.mtmd_input_text(encoded, len(encoded), add_special, True)
+            bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            recent_llama_errors()
+            status = mt.mtmd_tokenize(self.ptr, chunks.ptr, ctypes.byref(inp), bitmaps, 1)
+        finally:
+            mt.mtmd_bitmap_free(bitmap)
+        if status != 0:
+            reasons = "; ".join(recent_llama_errors()) or f"status {status}"
+            raise AudioError(f"mtmd could not tokenize the audio prompt: {reasons}")
+
+    def encode_audio(self, samples: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
+        """The projector's embeddings for mono float samples: [n_tokens, n_embd] float32.
+
+        Audio longer than 30 s is encoded in 30 s pieces (mtmd's own split) and concatenated.
+        """
+        arr = self._check_samples(samples, sample_rate)
+        parts = []
+        with _Chunks() as chunks:
+            self._tokenize(chunks, default_marker(), arr, add_special=False)
+            for i in range(len(chunks)):
+                chunk = chunks.get(i)
+                if mt.mtmd_input_chunk_get_type(chunk) != mt.MTMD_INPUT_CHUNK_TYPE_AUDIO:
+                    continue
+                n_tokens = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
+                recent_llama_errors()
+                if mt.mtmd_encode_chunk(self.ptr, chunk) != 0:
+                    reasons = "; ".join(recent_llama_errors()) or "no reason given"
+                    raise GenerationError(f"mtmd failed to encode audio: {reasons}")
+                out = mt.mtmd_get_output_embd(self.ptr)
+                parts.append(np.ctypeslib.as_array(out, shape=(n_tokens, self.n_embd)).copy())
+        if not parts:
+            raise AudioError("mtmd produced no audio chunk for these samples")
+        return np.concatenate(parts, axis=0)
+
+    def count_audio_tokens(self, text: str, samples: np.ndarray, sample_rate: int | None = None) -> int:
+        """Positions the prompt (text and audio) will take in the context."""
+        arr = self._check_samples(samples, sample_rate)
+        with _Chunks() as chunks:
+            self._tokenize(chunks, text, arr, add_special=True)
+            return int(mt.mtmd_helper_get_n_pos(chunks.ptr))
+
+    def eval_prompt_with_audio(self, ctx: LlamaContext, text: str, samples: np.ndarray, *,
+                               sample_rate: int | None = None, n_past: int = 0, add_special: bool = True) -> int:
+        """Evaluate a prompt whose media marker stands for `samples`; returns the new n_past.
+
+        The last position's logits are kept, ready for sampling.
+        """
+        arr = self._check_samples(samples, sample_rate)
+        with _Chunks() as chunks:
+            self._tokenize(chunks, text, arr, add_special=add_special)
+            n_pos = int(mt.mtmd_helper_get_n_pos(chunks.ptr))
+            if n_past + n_pos > ctx.n_ctx:
+                raise InvalidArgumentError(
+                    f"the audio prompt needs {n_pos} positions from {n_past}, more than the context's {ctx.n_ctx}"
+                )
+            new_n_past = lc.llama_pos(0)
+            recent_llama_errors()
+            status = mt.mtmd_helper_eval_chunks(
+                self.ptr, ctx.ptr, chunks.ptr, n_past, 0, ctx.params.n_batch, True, ctypes.byref(new_n_past)
+            )
+        if status != 0:
+            reasons = "; ".join(recent_llama_errors()) or f"status {status}"
+            raise GenerationError(f"llama.cpp failed to evaluate the audio prompt: {reasons}")
+        return int(new_n_past.value)

@@ -1,0 +1,403 @@
+"""Gemma 4 audio projector (mmproj) GGUF from a Hugging Face checkpoint folder.
+
+Writes the audio half of llama.cpp's multimodal projector for Gemma 4 E2B/E4B
+(`clip.audio.projector_type = gemma4a`): the conformer audio tower plus the
+`embed_audio` projection into the text model's embedding space. The vision
+tower is not written (the runtime only uses audio from the projector).
+
+Torch-free: safetensors shards are memory-mapped and parsed here (bf16 is not a
+numpy dtype, so the safetensors numpy API cannot read real Gemma checkpoints),
+and tensors are converted and written one at a time. The output appears
+atomically (temporary file, then os.replace).
+
+Contract (llama.cpp `conversion/gemma.py` Gemma4VisionAudioModel and
+`tools/mtmd/clip.cpp` PROJECTOR_TYPE_GEMMA4A):
+- `model.audio_tower.*` -> `a.*`, `model.embed_audio.embedding_projection` -> `mm.a.input_projection`;
+- `per_dim_scale` is stored after softplus, depthwise conv `[C, 1, K]` as `[C, K]`;
+- ClippableLinear clamp scalars (`input_min` ...) as 1-D tensors of one F32 value;
+- subsampling convolutions and the depthwise conv stay F32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+import gguf
+
+from edge_runtime.errors import ConversionError
+
+log = logging.getLogger("edge_runtime.conversion.mmproj")
+
+OUTTYPES = {
+    "f32": gguf.GGMLQuantizationType.F32,
+    "f16": gguf.GGMLQuantizationType.F16,
+    "bf16": gguf.GGMLQuantizationType.BF16,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+}
+_FILE_TYPES = {
+    "f32": gguf.LlamaFileType.ALL_F32,
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+}
+
+_CLAMP_SUFFIXES = ("input_min", "input_max", "output_min", "output_max")
+
+# Per-layer names of the conformer block: HF (after dropping ".linear") -> GGUF.
+# Note the crossed names: HF `lconv1d.pre_layer_norm` is GGUF `conv_norm` and
+# `lconv1d.conv_norm` is `norm_conv` (clip.cpp loads them the other way round on purpose).
+_LAYER_NAMES = {
+    "feed_forward1.ffw_layer_1": "ffn_up",
+    "feed_forward1.ffw_layer_2": "ffn_down",
+    "feed_forward1.pre_layer_norm": "ffn_norm",
+    "feed_forward1.post_layer_norm": "ffn_post_norm",
+    "feed_forward2.ffw_layer_1": "ffn_up_1",
+    "feed_forward2.ffw_layer_2": "ffn_down_1",
+    "feed_forward2.pre_layer_norm": "ffn_norm_1",
+    "feed_forward2.post_layer_norm": "ffn_post_norm_1",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.post": "attn_out",
+    "self_attn.relative_k_proj": "attn_k_rel",
+    "self_attn.per_dim_scale": "per_dim_scale",
+    "self_attn.per_dim_key_scale": "per_dim_k_scale",
+    "lconv1d.linear_start": "conv_pw1",
+    "lconv1d.linear_end": "conv_pw2",
+    "lconv1d.depthwise_conv1d": "conv_dw",
+    "lconv1d.pre_layer_norm": "conv_norm",
+    "lconv1d.conv_norm": "norm_conv",
+    "norm_pre_attn": "attn_pre_norm",
+    "norm_post_attn": "attn_post_norm",
+    "norm_out": "ln2",
+}
+_GLOBAL_NAMES = {
+    "subsample_conv_projection.layer0.conv": "a.conv1d.0",
+    "subsample_conv_projection.layer0.norm": "a.conv1d.0.norm",
+    "subsample_conv_projection.layer1.conv": "a.conv1d.1",
+    "subsample_conv_projection.layer1.norm": "a.conv1d.1.norm",
+    "subsample_conv_projection.input_proj_linear": "a.input_projection",
+    "output_proj": "a.pre_encode.out",
+}
+_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class AudioProjectorInfo:
+    """What the converter reads from config.json."""
+
+    model_type: str
+    n_embd_text: int
+    hidden_size: int
+    n_layer: int
+    n_head: int
+    n_mel_bins: int
+    eps: float
+
+
+# --------------------------------------------------------------------------- safetensors (torch-free)
+
+_ST_DTYPES = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # widened to f32 on read
+    "F64": np.dtype("<f8"),
+}
+
+
+@dataclass(frozen=True)
+class _TensorRef:
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+
+
+def _read_safetensors_header(path: Path) -> dict[str, _TensorRef]:
+    try:
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) != 8:
+                raise ConversionError(f"{path} is not a safetensors file (too short)")
+            (header_len,) = np.frombuffer(raw_len, dtype="<u8")
+            if header_len > 100_000_000 or header_len > path.stat().st_size:
+                raise ConversionError(f"{path} is not a safetensors file (bad header length)")
+            header = json.loads(f.read(int(header_len)))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"cannot read the safetensors header of {path}: {exc}") from None
+    base = 8 + int(header_len)
+    refs = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        refs[name] = _TensorRef(path, info["dtype"], tuple(info["shape"]), base + start, base + end)
+    return refs
+
+
+def _checkpoint_tensors(src: Path) -> dict[str, _TensorRef]:
+    """Every tensor of a checkpoint folder, by name, over all its shards."""
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConversionError(f"cannot read {index}: {exc}") from None
+        files = sorted({src / name for name in weight_map.values()})
+    else:
+        files = sorted(src.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"no *.safetensors files in {src}")
+    tensors: dict[str, _TensorRef] = {}
+    for file in files:
+        if not file.is_file():
+            raise ConversionError(f"{file} is listed in {index.name} but missing")
+        tensors.update(_read_safetensors_header(file))
+    return tensors
+
+
+def _load_f32(ref: _TensorRef, mmaps: dict[Path, np.memmap]) -> np.ndarray:
+    """One tensor as a float32 array (a copy; the memory map stays shared)."""
+    dtype = _ST_DTYPES.get(ref.dtype)
+    if dtype is None:
+        raise ConversionError(f"unsupported tensor dtype {ref.dtype} in {ref.file}")
+    mm = mmaps.get(ref.file)
+    if mm is None:
+        mm = mmaps[ref.file] = np.memmap(ref.file, dtype=np.uint8, mode="r")
+    count = math.prod(ref.shape)
+    if ref.end - ref.start != count * dtype.itemsize or ref.end > mm.size:
+        raise ConversionError(f"{ref.file} is truncated or corrupt (tensor data out of range)")
+    raw = np.frombuffer(mm, dtype=dtype, count=count, offset=ref.start).reshape(ref.shape)
+    if ref.dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def read_audio_config(src: Path) -> AudioProjectorInfo:
+    """The audio tower's settings, or a ConversionError naming config.json."""
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise ConversionError(f"{src} has no config.json: not a Hugging Face checkpoint folder")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"cannot read {config_path}: {exc}") from None
+    model_type = str(config.get("model_type", ""))
+    if model_type.startswith("gemma3n"):
+        raise ConversionError(
+            f"{config_path}: Gemma 3n's audio encoder does not run in this llama.cpp "
+            "(mtmd loads only Gemma 3n's vision tower); use a Gemma 4 E2B/E4B checkpoint for audio"
+        )
+    audio = config.get("audio_config")
+    if not isinstance(audio, dict) or not audio:
+        raise ConversionError(
+            f"{config_path} has no audio_config: this checkpoint ({model_type or 'unknown model type'}) "
+            "has no audio tower; audio needs Gemma 4 E2B or E4B"
+        )
+    if not model_type.startswith("gemma4"):
+        raise ConversionError(f"{config_path}: model_type {model_type!r} is not Gemma 4; only Gemma 4 audio is supported")
+    text = config.get("text_config") or {}
+    n_embd_text = text.get("hidden_size", config.get("hidden_size"))
+    try:
+        return AudioProjectorInfo(
+            model_type=model_type,
+            n_embd_text=int(n_embd_text),
+            hidden_size=int(audio.get("hidden_size", 1024)),
+            n_layer=int(audio.get("num_hidden_layers", 12)),
+            n_head=int(audio.get("num_attention_heads", 8)),
+            n_mel_bins=int(audio.get("input_feat_size", 128)),
+            eps=float(audio.get("rms_norm_eps", 1e-6)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConversionError(f"{config_path}: invalid audio or text settings ({exc})") from None
+
+
+# --------------------------------------------------------------------------- tensor plan
+
+
+def gguf_name(hf_name: str) -> str | None:
+    """The GGUF name of one HF audio tensor, None for tensors the projector does not use."""
+    if hf_name == "model.embed_audio.embedding_projection.weight":
+        return "mm.a.input_projection.weight"
+    if not hf_name.startswith("model.audio_tower."):
+        return None
+    name = hf_name[len("model.audio_tower.") :].replace(".linear.", ".")
+    base, _, suffix = name.rpartition(".")
+    if suffix in ("per_dim_scale", "per_dim_key_scale"):  # bare parameters: stored as "<name>.weight"
+        base, suffix = name, "weight"
+    if suffix not in ("weight", "bias") + _CLAMP_SUFFIXES:
+        return None
+    match = _LAYER_RE.match(base)
+    if match:
+        mapped = _LAYER_NAMES.get(match.group(2))
+        return f"a.blk.{match.group(1)}.{mapped}.{suffix}" if mapped else None
+    mapped = _GLOBAL_NAMES.get(base)
+    return f"{mapped}.{suffix}" if mapped else None
+
+
+def _transform(hf_name: str, data: np.ndarray) -> np.ndarray:
+    if data.ndim == 0:  # clamp scalars: clip.cpp reads them as 1-D F32 tensors
+        data = data.reshape(1)
+    if hf_name.endswith("per_dim_scale") or hf_name.endswith("per_dim_key_scale"):
+        data = np.logaddexp(0.0, data).astype(np.float32)  # softplus, numerically stable
+    if "lconv1d.depthwise_conv1d" in hf_name and hf_name.endswith(".weight"):
+        if data.ndim != 3 or data.shape[1] != 1:
+            raise ConversionError(f"{hf_name}: expected a depthwise conv weight [C, 1, K], got {list(data.shape)}")
+        data = data.reshape(data.shape[0], data.shape[2])
+    return data
+
+
+def _target_type(hf_name: str, shape: tuple[int, ...], outtype: str) -> gguf.GGMLQuantizationType:
+    if len(shape) <= 1:
+        return gguf.GGMLQuantizationType.F32
+    # The subsampling convolutions, their projection and the depthwise conv stay F32 (as llama.cpp writes them).
+    if "subsample_conv_projection" in hf_name or "depthwise_conv1d" in hf_name:
+        return gguf.GGMLQuantizationType.F32
+    qtype = OUTTYPES[outtype]
+    if qtype == gguf.GGMLQuantizationType.Q8_0 and shape[-1] % 32 != 0:
+        return gguf.GGMLQuantizationType.F16
+    return qtype
+
+
+def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return np.ascontiguousarray(data, dtype=np.float32)
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return np.ascontiguousarray(data.astype(np.float16))
+    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
+
+
+@dataclass(frozen=True)
+class _PlannedTensor:
+    hf_name: str
+    name: str
+    ref: _TensorRef
+    shape: tuple[int, ...]  # after the transform, numpy order
+    qtype: gguf.GGMLQuantizationType
+
+
+def _plan(tensors: dict[str, _TensorRef], outtype: str) -> list[_PlannedTensor]:
+    plan = []
+    for hf_name in sorted(tensors):
+        name = gguf_name(hf_name)
+        if name is None:
+            continue
+        ref = tensors[hf_name]
+        shape = ref.shape or (1,)
+        if "lconv1d.depthwise_conv1d" in hf_name and len(shape) == 3:
+            shape = (shape[0], shape[2])
+        qtype = _target_type(hf_name, shape, outtype)
+        plan.append(_PlannedTensor(hf_name, name, ref, shape, qtype))
+    return plan
+
+
+def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    return math.prod(shape) // block * type_size
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def convert_mmproj(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    outtype: str = "f16",
+    *,
+    progress: bool = True,
+) -> Path:
+    """Write the Gemma 4 audio projector GGUF of checkpoint folder `src` to `out`.
+
+    outtype: f32, f16 (default), bf16 or q8_0 for the 2-D weights; norms,
+    scalars and convolutions are always F32. Returns the output path.
+    """
+    src = Path(src)
+    out = Path(out)
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"unknown outtype {outtype!r}; use one of {', '.join(OUTTYPES)}")
+    if not src.is_dir():
+        raise ConversionError(f"checkpoint folder {src} does not exist")
+    info = read_audio_config(src)
+    tensors = _checkpoint_tensors(src)
+    plan = _plan(tensors, outtype)
+    if not any(p.hf_name.startswith("model.audio_tower.") for p in plan):
+        raise ConversionError(f"{src}: config.json declares an audio tower but no model.audio_tower.* tensors were found")
+    missing = [n for n in ("model.embed_audio.embedding_projection.weight",) if n not in tensors]
+    if missing:
+        raise ConversionError(f"{src}: missing tensor(s) {', '.join(missing)}")
+    for i in range(info.n_layer):
+        if f"a.blk.{i}.attn_q.weight" not in {p.name for p in plan}:
+            raise ConversionError(f"{src}: audio layer {i} of {info.n_layer} (config.json) has no tensors")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    mmaps: dict[Path, np.memmap] = {}
+    try:
+        writer = gguf.GGUFWriter(tmp, "clip")
+        try:
+            _write_metadata(writer, info, src, outtype)
+            for p in plan:
+                writer.add_tensor_info(p.name, p.shape, np.float32 if p.qtype == gguf.GGMLQuantizationType.F32 else np.float16,
+                                       _nbytes(p.shape, p.qtype), raw_dtype=p.qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for i, p in enumerate(plan, 1):
+                data = _transform(p.hf_name, _load_f32(p.ref, mmaps))
+                encoded = _encode(data, p.qtype)
+                if encoded.nbytes != _nbytes(p.shape, p.qtype):
+                    raise ConversionError(f"internal error: {p.name} encoded to {encoded.nbytes} bytes")
+                writer.write_tensor_data(encoded)
+                if progress:
+                    print(f"\r[{i}/{len(plan)}] {p.name:<40} {p.qtype.name}", end="", file=sys.stderr, flush=True)
+            if progress:
+                print(file=sys.stderr)
+        finally:
+            writer.close()
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise ConversionError(f"cannot write {out}: {exc}") from None
+    finally:
+        mmaps.clear()
+        if tmp.exists():
+            tmp.unlink()
+    log.info("wrote %s (%d tensors)", out, len(plan))
+    return out
+
+
+def _write_metadata(writer: gguf.GGUFWriter, info: AudioProjectorInfo, src: Path, outtype: str) -> None:
+    writer.add_type(gguf.GGUFType.MMPROJ)
+    writer.add_name(f"{src.name} audio projector")
+    writer.add_file_type(_FILE_TYPES[outtype])
+    writer.add_bool("clip.has_vision_encoder", False)
+    writer.add_bool("clip.has_audio_encoder", True)
+    writer.add_string("clip.audio.projector_type", "gemma4a")
+    writer.add_uint32("clip.audio.projection_dim", info.n_embd_text)
+    writer.add_uint32("clip.audio.embedding_length", info.hidden_size)
+    writer.add_uint32("clip.audio.feed_forward_length", info.hidden_size * 4)
+    writer.add_uint32("clip.audio.block_count", info.n_layer)
+    writer.add_uint32("clip.audio.attention.head_count", info.n_head)
+    writer.add_float32("clip.audio.attention.layer_norm_epsilon", info.eps)
+    writer.add_uint32("clip.audio.num_mel_bins", info.n_mel_bins)
+
+
+def iter_audio_tensor_names(src: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
+    """(HF name, GGUF name) pairs the converter would write (for inspection and tests)."""
+    for hf_name in sorted(_checkpoint_tensors(Path(src))):
+        name = gguf_name(hf_name)
+        if name is not None:
+            yield hf_name, name
