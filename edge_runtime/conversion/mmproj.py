@@ -5,9 +5,9 @@ Writes the audio half of llama.cpp's multimodal projector for Gemma 4 E2B/E4B
 `embed_audio` projection into the text model's embedding space. The vision
 tower is not written (the runtime only uses audio from the projector).
 
-Torch-free: safetensors shards are memory-mapped and parsed here (bf16 is not a
-numpy dtype, so the safetensors numpy API cannot read real Gemma checkpoints),
-and tensors are converted and written one at a time. The output appears
+Torch-free: tensors come one at a time from memory-mapped safetensors shards
+(`conversion.checkpoint.Checkpoint`, which also reads bf16), are converted and
+written straight to the file. The output appears
 atomically (temporary file, then os.replace).
 
 Contract (llama.cpp `conversion/gemma.py` Gemma4VisionAudioModel and
@@ -34,6 +34,7 @@ import numpy as np
 
 import gguf
 
+from edge_runtime.conversion.checkpoint import Checkpoint, TensorRef
 from edge_runtime.errors import ConversionError
 
 log = logging.getLogger("edge_runtime.conversion.mmproj")
@@ -103,85 +104,6 @@ class AudioProjectorInfo:
     n_head: int
     n_mel_bins: int
     eps: float
-
-
-# --------------------------------------------------------------------------- safetensors (torch-free)
-
-_ST_DTYPES = {
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),  # widened to f32 on read
-    "F64": np.dtype("<f8"),
-}
-
-
-@dataclass(frozen=True)
-class _TensorRef:
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte offset in the file
-    end: int
-
-
-def _read_safetensors_header(path: Path) -> dict[str, _TensorRef]:
-    try:
-        with open(path, "rb") as f:
-            raw_len = f.read(8)
-            if len(raw_len) != 8:
-                raise ConversionError(f"{path} is not a safetensors file (too short)")
-            (header_len,) = np.frombuffer(raw_len, dtype="<u8")
-            if header_len > 100_000_000 or header_len > path.stat().st_size:
-                raise ConversionError(f"{path} is not a safetensors file (bad header length)")
-            header = json.loads(f.read(int(header_len)))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"cannot read the safetensors header of {path}: {exc}") from None
-    base = 8 + int(header_len)
-    refs = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        refs[name] = _TensorRef(path, info["dtype"], tuple(info["shape"]), base + start, base + end)
-    return refs
-
-
-def _checkpoint_tensors(src: Path) -> dict[str, _TensorRef]:
-    """Every tensor of a checkpoint folder, by name, over all its shards."""
-    index = src / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConversionError(f"cannot read {index}: {exc}") from None
-        files = sorted({src / name for name in weight_map.values()})
-    else:
-        files = sorted(src.glob("*.safetensors"))
-    if not files:
-        raise ConversionError(f"no *.safetensors files in {src}")
-    tensors: dict[str, _TensorRef] = {}
-    for file in files:
-        if not file.is_file():
-            raise ConversionError(f"{file} is listed in {index.name} but missing")
-        tensors.update(_read_safetensors_header(file))
-    return tensors
-
-
-def _load_f32(ref: _TensorRef, mmaps: dict[Path, np.memmap]) -> np.ndarray:
-    """One tensor as a float32 array (a copy; the memory map stays shared)."""
-    dtype = _ST_DTYPES.get(ref.dtype)
-    if dtype is None:
-        raise ConversionError(f"unsupported tensor dtype {ref.dtype} in {ref.file}")
-    mm = mmaps.get(ref.file)
-    if mm is None:
-        mm = mmaps[ref.file] = np.memmap(ref.file, dtype=np.uint8, mode="r")
-    count = math.prod(ref.shape)
-    if ref.end - ref.start != count * dtype.itemsize or ref.end > mm.size:
-        raise ConversionError(f"{ref.file} is truncated or corrupt (tensor data out of range)")
-    raw = np.frombuffer(mm, dtype=dtype, count=count, offset=ref.start).reshape(ref.shape)
-    if ref.dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- config
@@ -285,12 +207,12 @@ def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
 class _PlannedTensor:
     hf_name: str
     name: str
-    ref: _TensorRef
+    ref: TensorRef
     shape: tuple[int, ...]  # after the transform, numpy order
     qtype: gguf.GGMLQuantizationType
 
 
-def _plan(tensors: dict[str, _TensorRef], outtype: str) -> list[_PlannedTensor]:
+def _plan(tensors: dict[str, TensorRef], outtype: str) -> list[_PlannedTensor]:
     plan = []
     for hf_name in sorted(tensors):
         name = gguf_name(hf_name)
@@ -332,7 +254,13 @@ def convert_mmproj(
     if not src.is_dir():
         raise ConversionError(f"checkpoint folder {src} does not exist")
     info = read_audio_config(src)
-    tensors = _checkpoint_tensors(src)
+    with Checkpoint(src) as ckpt:
+        return _convert(ckpt, info, out, outtype, progress)
+
+
+def _convert(ckpt: Checkpoint, info: AudioProjectorInfo, out: Path, outtype: str, progress: bool) -> Path:
+    src = ckpt.dir
+    tensors = ckpt.tensors
     plan = _plan(tensors, outtype)
     if not any(p.hf_name.startswith("model.audio_tower.") for p in plan):
         raise ConversionError(f"{src}: config.json declares an audio tower but no model.audio_tower.* tensors were found")
@@ -345,7 +273,6 @@ def convert_mmproj(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    mmaps: dict[Path, np.memmap] = {}
     try:
         writer = gguf.GGUFWriter(tmp, "clip")
         try:
@@ -357,7 +284,7 @@ def convert_mmproj(
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             for i, p in enumerate(plan, 1):
-                data = _transform(p.hf_name, _load_f32(p.ref, mmaps))
+                data = _transform(p.hf_name, p.ref.to_f32())
                 encoded = _encode(data, p.qtype)
                 if encoded.nbytes != _nbytes(p.shape, p.qtype):
                     raise ConversionError(f"internal error: {p.name} encoded to {encoded.nbytes} bytes")
@@ -372,7 +299,6 @@ def convert_mmproj(
     except OSError as exc:
         raise ConversionError(f"cannot write {out}: {exc}") from None
     finally:
-        mmaps.clear()
         if tmp.exists():
             tmp.unlink()
     log.info("wrote %s (%d tensors)", out, len(plan))
@@ -397,7 +323,9 @@ def _write_metadata(writer: gguf.GGUFWriter, info: AudioProjectorInfo, src: Path
 
 def iter_audio_tensor_names(src: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
     """(HF name, GGUF name) pairs the converter would write (for inspection and tests)."""
-    for hf_name in sorted(_checkpoint_tensors(Path(src))):
+    with Checkpoint(Path(src)) as ckpt:
+        names = sorted(ckpt.tensors)
+    for hf_name in names:
         name = gguf_name(hf_name)
         if name is not None:
             yield hf_name, name
