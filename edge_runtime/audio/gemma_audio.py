@@ -1,0 +1,257 @@
+"""The `gemma` speech engine: Gemma 4 E2B/E4B listening through its audio projector.
+
+Transcription and speech translation use Gemma's own chat format: a user turn
+holding the audio followed by the instruction, then the model turn, decoded
+greedily by default and streamed as text. Audio is cut into pieces of at most
+30 s (the longest clip Gemma 4's audio encoder was trained on, 25 tokens per
+second), each cut placed at the quietest moment of the last seconds before the
+limit; every piece is a fresh prompt.
+
+Gemma 3n's audio encoder does not run in this llama.cpp (mtmd loads only Gemma
+3n's vision tower), so a Gemma 3n model is refused with UnsupportedModelError.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from edge_runtime.backend.core import ContextParams, LlamaContext, LlamaModel, Sampler, SamplerParams
+from edge_runtime.backend.mtmd import MultimodalProjector, default_marker, inspect_projector
+from edge_runtime.errors import AudioError, InvalidArgumentError, UnsupportedModelError
+from edge_runtime.gguf_file import read_header
+from edge_runtime.text_stream import IncrementalDetokenizer
+
+SAMPLE_RATE = 16000
+MAX_CHUNK_SECONDS = 30.0
+AUDIO_TOKENS_PER_SECOND = 25
+
+# Instructions in the structure of Gemma 4's audio prompt guide (ASR / AST).
+_TRANSCRIBE = "Transcribe the following speech segment in {language} into {language} text."
+_TRANSCRIBE_ANY = "Transcribe the following speech segment into text, in the language it is spoken in."
+_TRANSLATE = "Transcribe the following speech segment in {source}, then translate it into {target}."
+_TRANSLATE_ANY = "Translate the following speech segment into {target}."
+_FORMAT_TRANSCRIPT = "Only output the transcription, with no newlines."
+_FORMAT_TRANSLATION = "Only output the translation, with no newlines."
+
+
+@dataclass(frozen=True)
+class GemmaAudioSettings:
+    """How the engine runs: context size, threads, decoding limits."""
+
+    n_ctx: int = 2048  # a 30 s piece is 750 audio tokens; room for prompt and output
+    n_batch: int = 512
+    n_threads: int = 2
+    max_new_tokens: int = 384  # per piece
+    temperature: float = 0.0  # greedy
+    seed: int = 0
+    chunk_seconds: float = MAX_CHUNK_SECONDS
+    search_seconds: float = 5.0  # look this far back from a piece's end for a quiet cut
+
+
+@dataclass(frozen=True)
+class AudioPiece:
+    """A piece of the input, in seconds from its start."""
+
+    start: float
+    end: float
+
+
+def build_prompt(instruction: str, marker: str) -> str:
+    """Gemma 4's turn format: the audio, then the instruction, in one user turn."""
+    return f"<|turn>user\n{marker}{instruction}<turn|>\n<|turn>model\n"
+
+
+def task_instruction(task: str, language: str | None = None, target_language: str | None = None) -> str:
+    """The instruction text for "transcribe" or "translate"."""
+    if task == "transcribe":
+        head = _TRANSCRIBE.format(language=language) if language else _TRANSCRIBE_ANY
+        return f"{head}\n{_FORMAT_TRANSCRIPT}"
+    if task == "translate":
+        if not target_language:
+            raise InvalidArgumentError("translation needs a target language, e.g. target_language='French'")
+        head = (_TRANSLATE.format(source=language, target=target_language) if language
+                else _TRANSLATE_ANY.format(target=target_language))
+        return f"{head}\n{_FORMAT_TRANSLATION}"
+    raise InvalidArgumentError(f"unknown task {task!r}: use 'transcribe' or 'translate'")
+
+
+def split_audio(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, *, chunk_seconds: float = MAX_CHUNK_SECONDS,
+                search_seconds: float = 5.0) -> list[tuple[int, int]]:
+    """Cut points [(begin, end)] in samples: pieces of at most chunk_seconds, cut where it is quietest."""
+    if not 0 < chunk_seconds <= MAX_CHUNK_SECONDS:
+        raise InvalidArgumentError(f"chunk_seconds must be in (0, {MAX_CHUNK_SECONDS:g}], got {chunk_seconds}")
+    n = len(samples)
+    limit = int(chunk_seconds * sample_rate)
+    search = min(int(search_seconds * sample_rate), limit // 2)
+    frame = max(sample_rate // 50, 1)  # 20 ms energy frames
+    pieces = []
+    begin = 0
+    while n - begin > limit:
+        lo, hi = begin + limit - search, begin + limit
+        window = samples[lo:hi].astype(np.float64)
+        n_frames = len(window) // frame
+        if n_frames > 0:
+            energy = (window[: n_frames * frame].reshape(n_frames, frame) ** 2).mean(axis=1)
+            cut = lo + int(np.argmin(energy)) * frame + frame // 2
+        else:
+            cut = hi
+        cut = min(max(cut, begin + 1), hi)
+        pieces.append((begin, cut))
+        begin = cut
+    if begin < n:
+        pieces.append((begin, n))
+    return pieces
+
+
+class GemmaSpeechEngine:
+    """Speech to text with a Gemma 4 E2B/E4B GGUF and its audio projector (mmproj) GGUF."""
+
+    name = "gemma"
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, model_path: str | os.PathLike[str], mmproj_path: str | os.PathLike[str],
+                 settings: GemmaAudioSettings | None = None) -> None:
+        self.settings = settings or GemmaAudioSettings()
+        self.model_path = Path(model_path)
+        self.mmproj_path = Path(mmproj_path)
+        header = read_header(self.model_path)  # ModelNotFoundError / InvalidModelError with a clear reason
+        arch = header.architecture
+        if arch == "gemma3n":
+            raise UnsupportedModelError(
+                f"{self.model_path} is Gemma 3n: its audio encoder does not run in this llama.cpp "
+                "(mtmd loads only Gemma 3n's vision tower). Use Gemma 4 E2B or E4B for the gemma speech engine, "
+                "or the whisper engine."
+            )
+        if arch != "gemma4":
+            raise UnsupportedModelError(
+                f"{self.model_path} is a {arch!r} model; the gemma speech engine needs Gemma 4 E2B or E4B "
+                "(a model with an audio encoder)"
+            )
+        info = inspect_projector(self.mmproj_path)
+        if not info.has_audio:
+            raise UnsupportedModelError(
+                f"{self.mmproj_path} has no audio encoder; convert the audio projector with "
+                "`edge-runtime convert-mmproj <checkpoint> -o mmproj.gguf`"
+            )
+        self._model: LlamaModel | None = None
+        self._projector: MultimodalProjector | None = None
+        self._ctx: LlamaContext | None = None
+        try:
+            self._model = LlamaModel.load(self.model_path)
+            self._projector = MultimodalProjector(self.mmproj_path, self._model, n_threads=self.settings.n_threads)
+            if self._projector.audio_sample_rate != SAMPLE_RATE:
+                raise UnsupportedModelError(
+                    f"{self.mmproj_path} expects {self._projector.audio_sample_rate} Hz audio, not {SAMPLE_RATE} Hz"
+                )
+            s = self.settings
+            self._ctx = LlamaContext(self._model, ContextParams(
+                n_ctx=s.n_ctx, n_batch=s.n_batch, n_ubatch=s.n_batch, n_threads=s.n_threads,
+                n_threads_batch=s.n_threads, swa_full=True,
+            ))
+        except BaseException:
+            self.close()
+            raise
+        self._stop_tokens = {t for t in (self._model.token_id("<turn|>"), self._model.token_id("<|turn>")) if t is not None}
+
+    # lifecycle
+    def close(self) -> None:
+        for name in ("_ctx", "_projector", "_model"):
+            obj = getattr(self, name, None)
+            if obj is not None:
+                obj.close()
+                setattr(self, name, None)
+
+    def __enter__(self) -> "GemmaSpeechEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_open(self) -> tuple[LlamaModel, MultimodalProjector, LlamaContext]:
+        if self._model is None or self._projector is None or self._ctx is None:
+            raise InvalidArgumentError("the gemma speech engine has been closed")
+        return self._model, self._projector, self._ctx
+
+    # audio in, text out
+    def _check_audio(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        if sample_rate != SAMPLE_RATE:
+            raise AudioError(
+                f"the gemma engine takes {SAMPLE_RATE} Hz audio, got {sample_rate} Hz; "
+                "load it with edge_runtime.audio.audio.load_audio (which resamples)"
+            )
+        arr = np.asarray(samples)
+        if arr.ndim != 1:
+            raise AudioError(f"audio must be mono 1-D samples, got shape {arr.shape}")
+        if arr.size < SAMPLE_RATE // 25:
+            raise AudioError(f"audio too short: {arr.size} samples (at least 40 ms are needed for one audio token)")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def stream(self, samples: np.ndarray, *, sample_rate: int = SAMPLE_RATE, task: str = "transcribe",
+               language: str | None = None, target_language: str | None = None,
+               should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[AudioPiece, str]]:
+        """Yield (piece, text fragment) as the model writes; pieces of at most 30 s in order."""
+        model, projector, ctx = self._require_open()
+        arr = self._check_audio(samples, sample_rate)
+        prompt = build_prompt(task_instruction(task, language, target_language), default_marker())
+        s = self.settings
+        for begin, end in split_audio(arr, SAMPLE_RATE, chunk_seconds=s.chunk_seconds, search_seconds=s.search_seconds):
+            piece = AudioPiece(begin / SAMPLE_RATE, end / SAMPLE_RATE)
+            for text in self._generate(model, projector, ctx, prompt, arr[begin:end], should_stop):
+                yield piece, text
+            if should_stop is not None and should_stop():
+                return
+
+    def _generate(self, model: LlamaModel, projector: MultimodalProjector, ctx: LlamaContext, prompt: str,
+                  samples: np.ndarray, should_stop: Callable[[], bool] | None) -> Iterator[str]:
+        s = self.settings
+        ctx.clear()
+        n_past = projector.eval_prompt_with_audio(ctx, prompt, samples, sample_rate=SAMPLE_RATE)
+        detok = IncrementalDetokenizer(model.token_to_piece)
+        params = SamplerParams(temperature=s.temperature, seed=s.seed)
+        with Sampler(model, params) as sampler:
+            for _ in range(s.max_new_tokens):
+                if n_past >= ctx.n_ctx or (should_stop is not None and should_stop()):
+                    break
+                token = sampler.sample(ctx)
+                if model.is_eog(token) or token in self._stop_tokens:
+                    break
+                text = detok.feed(token)
+                if text:
+                    yield text
+                if not ctx.decode_one(token, n_past):
+                    break
+                n_past += 1
+        tail = detok.flush()
+        if tail:
+            yield tail
+
+    def transcribe(self, samples: np.ndarray, *, sample_rate: int = SAMPLE_RATE, language: str | None = None) -> str:
+        """The whole transcript (pieces joined by a space)."""
+        return self._collect(self.stream(samples, sample_rate=sample_rate, task="transcribe", language=language))
+
+    def translate(self, samples: np.ndarray, target_language: str, *, sample_rate: int = SAMPLE_RATE,
+                  language: str | None = None) -> str:
+        """Speech in one language to text in `target_language`."""
+        return self._collect(self.stream(samples, sample_rate=sample_rate, task="translate", language=language,
+                                         target_language=target_language))
+
+    @staticmethod
+    def _collect(fragments: Iterator[tuple[AudioPiece, str]]) -> str:
+        texts: list[list[str]] = []
+        last: AudioPiece | None = None
+        for piece, text in fragments:
+            if piece != last:
+                texts.append([])
+                last = piece
+            texts[-1].append(text)
+        return " ".join("".join(t).strip() for t in texts).strip()
+
+    def audio_embeddings(self, samples: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        """The projector's embeddings of the audio: [n_tokens, n_embd] (25 tokens per second)."""
+        _, projector, _ = self._require_open()
+        return projector.encode_audio(self._check_audio(samples, sample_rate), SAMPLE_RATE)
