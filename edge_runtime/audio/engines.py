@@ -1,0 +1,113 @@
+"""The speech-engine interface and the registry that picks one.
+
+An engine turns 16 kHz mono float32 audio (one speech segment, at most 30 s)
+into text pieces.  Engines: "whisper" (faster-whisper / CTranslate2, in
+`whisper.py`) and "gemma" (Gemma 4 audio through llama.cpp mtmd, in
+`gemma_audio.py`, written separately and imported only when asked for).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+import numpy as np
+
+from edge_runtime.errors import AudioError, InvalidArgumentError
+
+TASKS = ("transcribe", "translate")
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    """Text with times in seconds relative to the start of the audio given."""
+
+    text: str
+    start: float | None = None
+    end: float | None = None
+
+
+@runtime_checkable
+class SpeechEngine(Protocol):
+    name: str
+
+    def transcribe(self, audio_16k: np.ndarray, *, language: str | None = None,
+                   task: str = "transcribe") -> Iterator[TextPiece]:
+        """Yield text pieces for one segment; task "translate" gives English."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise InvalidArgumentError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def gemma_available() -> bool:
+    return _installed("edge_runtime.audio.gemma_audio")
+
+
+def available_engines() -> list[str]:
+    """Engine names whose code and dependencies are installed."""
+    names = []
+    if _installed("faster_whisper"):
+        names.append("whisper")
+    if gemma_available():
+        names.append("gemma")
+    return names
+
+
+def _looks_like_gguf(model: str | None) -> bool:
+    return bool(model) and str(model).lower().endswith(".gguf")
+
+
+def choose_engine(model: str | None = None) -> str:
+    """Pick an engine for `model` from what is installed.
+
+    A GGUF model means Gemma; otherwise Whisper (small, fast, good on 1-2 GB
+    boards) if faster-whisper is installed, else Gemma if its engine exists.
+    """
+    available = available_engines()
+    if _looks_like_gguf(model):
+        if "gemma" not in available:
+            raise AudioError("a .gguf model needs the Gemma audio engine (edge_runtime.audio.gemma_audio), "
+                             "which is not available in this installation")
+        return "gemma"
+    if "whisper" in available:
+        return "whisper"
+    if "gemma" in available:
+        return "gemma"
+    raise AudioError("no speech engine is installed: pip install 'edge-runtime[audio]' for Whisper")
+
+
+def create_engine(name: str = "auto", model: str | None = None, **options: Any) -> SpeechEngine:
+    """Build the engine called `name` ("auto", "whisper", "gemma")."""
+    if name == "auto":
+        name = choose_engine(model)
+    if name == "whisper":
+        from edge_runtime.audio.whisper import WhisperEngine, WhisperSettings
+
+        return WhisperEngine(WhisperSettings(model=model, **options) if model else WhisperSettings(**options))
+    if name == "gemma":
+        try:
+            module = importlib.import_module("edge_runtime.audio.gemma_audio")
+        except ModuleNotFoundError as exc:
+            if exc.name == "edge_runtime.audio.gemma_audio":
+                raise AudioError("the Gemma audio engine is not available in this installation "
+                                 "(edge_runtime/audio/gemma_audio.py is missing); use --engine whisper") from exc
+            raise AudioError(f"the Gemma audio engine needs {exc.name}, which is not installed") from exc
+        factory = getattr(module, "create_engine", None)
+        if factory is None:
+            raise AudioError("edge_runtime.audio.gemma_audio has no create_engine(model, **options)")
+        return factory(model=model, **options)
+    raise InvalidArgumentError(f"unknown speech engine {name!r}; choose from auto, whisper, gemma")
