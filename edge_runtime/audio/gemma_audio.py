@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from edge_runtime.audio.engines import TextPiece, check_task
 from edge_runtime.backend.core import ContextParams, LlamaContext, LlamaModel, Sampler, SamplerParams
 from edge_runtime.backend.mtmd import MultimodalProjector, default_marker, inspect_projector
 from edge_runtime.errors import AudioError, InvalidArgumentError, UnsupportedModelError
@@ -109,14 +110,19 @@ def split_audio(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, *, chunk_se
 
 
 class GemmaSpeechEngine:
-    """Speech to text with a Gemma 4 E2B/E4B GGUF and its audio projector (mmproj) GGUF."""
+    """Speech to text with a Gemma 4 E2B/E4B GGUF and its audio projector (mmproj) GGUF.
+
+    Implements `engines.SpeechEngine`; task "translate" means into
+    `target_language` (English unless given), as for Whisper.
+    """
 
     name = "gemma"
     sample_rate = SAMPLE_RATE
 
     def __init__(self, model_path: str | os.PathLike[str], mmproj_path: str | os.PathLike[str],
-                 settings: GemmaAudioSettings | None = None) -> None:
+                 settings: GemmaAudioSettings | None = None, *, target_language: str | None = None) -> None:
         self.settings = settings or GemmaAudioSettings()
+        self.target_language = target_language or "English"
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path)
         header = read_header(self.model_path)  # ModelNotFoundError / InvalidModelError with a clear reason
@@ -230,12 +236,29 @@ class GemmaSpeechEngine:
         if tail:
             yield tail
 
-    def transcribe(self, samples: np.ndarray, *, sample_rate: int = SAMPLE_RATE, language: str | None = None) -> str:
+    def transcribe(self, audio_16k: np.ndarray, *, language: str | None = None,
+                   task: str = "transcribe") -> Iterator[TextPiece]:
+        """SpeechEngine: one TextPiece per <= 30 s piece, timed from the start of `audio_16k`."""
+        check_task(task)
+        target = self.target_language if task == "translate" else None
+        current: AudioPiece | None = None
+        texts: list[str] = []
+        for piece, text in self.stream(audio_16k, task=task, language=language, target_language=target):
+            if piece != current and current is not None:
+                if "".join(texts).strip():
+                    yield TextPiece("".join(texts).strip(), current.start, current.end)
+                texts = []
+            current = piece
+            texts.append(text)
+        if current is not None and "".join(texts).strip():
+            yield TextPiece("".join(texts).strip(), current.start, current.end)
+
+    def transcribe_text(self, samples: np.ndarray, *, sample_rate: int = SAMPLE_RATE, language: str | None = None) -> str:
         """The whole transcript (pieces joined by a space)."""
         return self._collect(self.stream(samples, sample_rate=sample_rate, task="transcribe", language=language))
 
-    def translate(self, samples: np.ndarray, target_language: str, *, sample_rate: int = SAMPLE_RATE,
-                  language: str | None = None) -> str:
+    def translate_text(self, samples: np.ndarray, target_language: str, *, sample_rate: int = SAMPLE_RATE,
+                       language: str | None = None) -> str:
         """Speech in one language to text in `target_language`."""
         return self._collect(self.stream(samples, sample_rate=sample_rate, task="translate", language=language,
                                          target_language=target_language))
@@ -255,3 +278,16 @@ class GemmaSpeechEngine:
         """The projector's embeddings of the audio: [n_tokens, n_embd] (25 tokens per second)."""
         _, projector, _ = self._require_open()
         return projector.encode_audio(self._check_audio(samples, sample_rate), SAMPLE_RATE)
+
+
+def create_engine(model: str | os.PathLike[str] | None = None, mmproj: str | os.PathLike[str] | None = None, *,
+                  target_language: str | None = None, **settings) -> GemmaSpeechEngine:
+    """The registry's factory (`engines.create_engine("gemma", model=..., mmproj=...)`)."""
+    if not model or not mmproj:
+        raise InvalidArgumentError("the gemma engine needs a Gemma 4 model GGUF and its audio projector: "
+                                   "--model GEMMA4.gguf --mmproj MMPROJ.gguf")
+    try:
+        gemma_settings = GemmaAudioSettings(**settings)
+    except TypeError as exc:
+        raise InvalidArgumentError(f"unknown gemma engine setting: {exc}") from None
+    return GemmaSpeechEngine(model, mmproj, gemma_settings, target_language=target_language)

@@ -1,0 +1,339 @@
+"""Gemma 4 audio: mmproj conversion, mtmd embeddings vs transformers, the gemma speech engine.
+
+A tiny random Gemma 4 checkpoint with a real (2-layer) conformer audio tower is
+built with transformers, converted by our converters (text GGUF and audio
+mmproj), loaded by llama.cpp's mtmd, and its audio embeddings are compared
+with transformers' audio tower + `embed_audio` projection on the same audio,
+computed through the HF feature extractor (the model's own mel front-end).
+
+Tolerance: mtmd computes the log-mel features itself (float32 FFT with its own
+tables) while HF uses numpy's float64 FFT; the encoder then runs in ggml. With
+F32 weights the measured worst element differs by about 1.7e-3 on outputs of
+magnitude up to about 0.5 (cosine similarity per token > 0.99999); F16 weights
+add nothing measurable. We assert max abs error < 1e-2 and cosine > 0.9999
+per token: a wrong tensor mapping, a missing softplus or clamp gives errors
+orders of magnitude larger (cosine well under 0.99).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gemma4_tiny import build_tiny_gemma4
+
+from edge_runtime.errors import AudioError, ConversionError, ModelNotFoundError, UnsupportedModelError
+
+SR = 16000
+
+
+def chirp(seconds: float, *, f0: float = 200.0, f1: float = 1400.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(SR * seconds)) / SR
+    k = (f1 - f0) / (2 * seconds)
+    return (amp * np.sin(2 * np.pi * (f0 + k * t) * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gemma4_audio")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(workdir) -> Path:
+    return build_tiny_gemma4(workdir / "tiny-gemma4")
+
+
+@pytest.fixture(scope="module")
+def text_gguf(checkpoint, workdir) -> Path:
+    from edge_runtime.conversion import convert_checkpoint
+
+    out = workdir / "text-f32.gguf"
+    convert_checkpoint(checkpoint, out, "f32", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mmproj(checkpoint, workdir):
+    """Audio projectors by output type, converted on first use."""
+    from edge_runtime.conversion.mmproj import convert_mmproj
+
+    made: dict[str, Path] = {}
+
+    def get(outtype: str = "f16") -> Path:
+        if outtype not in made:
+            made[outtype] = convert_mmproj(checkpoint, workdir / f"mmproj-{outtype}.gguf", outtype, progress=False)
+        return made[outtype]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def hf_reference(checkpoint):
+    """transformers' audio embeddings (audio tower + embed_audio) for a 2 s chirp."""
+    import torch
+    from transformers.models.gemma4 import Gemma4AudioFeatureExtractor, Gemma4ForConditionalGeneration
+
+    torch.set_num_threads(2)
+    audio = chirp(2.0)
+    model = Gemma4ForConditionalGeneration.from_pretrained(checkpoint).eval()
+    features = Gemma4AudioFeatureExtractor()([audio], sampling_rate=SR, return_tensors="pt")
+    with torch.no_grad():
+        out = model.model.get_audio_features(features["input_features"], features["input_features_mask"])
+    return audio, out.pooler_output[0].numpy()
+
+
+def _read(path: Path):
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    tensors = {t.name: t for t in reader.tensors}
+    return meta, tensors
+
+
+# --------------------------------------------------------------------------- converter
+
+
+def test_mmproj_metadata_and_tensor_layout(checkpoint, mmproj):
+    from safetensors.numpy import load_file
+
+    meta, tensors = _read(mmproj("f16"))
+    assert meta["general.architecture"] == "clip"
+    assert meta["clip.has_audio_encoder"] is True
+    assert meta["clip.audio.projector_type"] == "gemma4a"
+    assert meta["clip.audio.num_mel_bins"] == 128
+    assert meta["clip.audio.projection_dim"] == 64  # the text model's n_embd
+    assert meta["clip.audio.block_count"] == 2
+    assert not any(name.startswith("v.") for name in tensors)  # audio only
+
+    hf = load_file(checkpoint / "model.safetensors")
+    # per_dim_scale is stored after softplus
+    raw = hf["model.audio_tower.layers.0.self_attn.per_dim_scale"]
+    np.testing.assert_allclose(tensors["a.blk.0.per_dim_scale.weight"].data, np.log1p(np.exp(raw)), rtol=1e-6)
+    # depthwise conv [C, 1, K] -> [C, K], F32
+    dw = tensors["a.blk.0.conv_dw.weight"]
+    assert dw.tensor_type.name == "F32"
+    np.testing.assert_array_equal(np.asarray(dw.data).reshape(64, 5), hf["model.audio_tower.layers.0.lconv1d.depthwise_conv1d.weight"][:, 0, :])
+    # clamp scalars as 1-D F32 tensors of one value
+    clamp = tensors["a.blk.1.attn_q.input_max"]
+    assert clamp.tensor_type.name == "F32" and list(clamp.shape) == [1]
+    assert float(clamp.data[0]) == float(hf["model.audio_tower.layers.1.self_attn.q_proj.input_max"])
+    # subsampling convolutions stay F32; matrices follow the output type
+    assert tensors["a.conv1d.0.weight"].tensor_type.name == "F32"
+    assert tensors["a.blk.0.attn_q.weight"].tensor_type.name == "F16"
+    assert tensors["mm.a.input_projection.weight"].tensor_type.name == "F16"
+
+
+def test_checkpoint_without_audio_tower_is_refused_and_leaves_no_file(workdir):
+    from edge_runtime.conversion.mmproj import convert_mmproj
+
+    src = build_tiny_gemma4(workdir / "no-audio", with_audio=False)
+    out = workdir / "no-audio-mmproj.gguf"
+    with pytest.raises(ConversionError, match="config.json.*no audio_config"):
+        convert_mmproj(src, out, progress=False)
+    assert not out.exists()
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".no-audio-mmproj")]
+
+
+def test_gemma3n_checkpoint_is_refused_with_reason(workdir):
+    from edge_runtime.conversion.mmproj import convert_mmproj
+
+    src = workdir / "fake-gemma3n"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "gemma3n", "audio_config": {"hidden_size": 1536}}))
+    with pytest.raises(ConversionError, match="Gemma 3n's audio encoder does not run"):
+        convert_mmproj(src, workdir / "g3n.gguf", progress=False)
+
+
+def test_bad_outtype_and_missing_folder(workdir, checkpoint):
+    from edge_runtime.conversion.mmproj import convert_mmproj
+
+    with pytest.raises(ConversionError, match="unknown outtype"):
+        convert_mmproj(checkpoint, workdir / "x.gguf", "q4_k", progress=False)
+    with pytest.raises(ConversionError, match="does not exist"):
+        convert_mmproj(workdir / "nope", workdir / "x.gguf", progress=False)
+
+
+# --------------------------------------------------------------------------- mtmd vs transformers
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_audio_embeddings_match_transformers(text_gguf, mmproj, hf_reference, outtype):
+    from edge_runtime.backend.core import LlamaModel
+    from edge_runtime.backend.mtmd import MultimodalProjector
+
+    audio, ref = hf_reference
+    with LlamaModel.load(text_gguf) as model, MultimodalProjector(mmproj(outtype), model) as proj:
+        assert proj.supports_audio and proj.audio_sample_rate == SR
+        emb = proj.encode_audio(audio, SR)
+    assert emb.shape == ref.shape == (50, 64)  # 2 s at 25 tokens/s, text n_embd
+    err = np.abs(emb - ref).max()
+    cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
+    assert err < 1e-2, f"max abs error {err}"
+    assert cos.min() > 0.9999, f"min cosine {cos.min()}"
+
+
+def test_q8_0_projector_stays_close(text_gguf, mmproj, hf_reference):
+    from edge_runtime.backend.core import LlamaModel
+    from edge_runtime.backend.mtmd import MultimodalProjector
+
+    audio, ref = hf_reference
+    with LlamaModel.load(text_gguf) as model, MultimodalProjector(mmproj("q8_0"), model) as proj:
+        emb = proj.encode_audio(audio, SR)
+    cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.999
+
+
+def test_long_audio_is_encoded_in_30_s_pieces(text_gguf, mmproj):
+    from edge_runtime.backend.core import LlamaModel
+    from edge_runtime.backend.mtmd import MultimodalProjector
+
+    audio = chirp(31.0, amp=0.2)
+    with LlamaModel.load(text_gguf) as model, MultimodalProjector(mmproj("f16"), model) as proj:
+        emb = proj.encode_audio(audio, SR)
+        head = proj.encode_audio(audio[: 30 * SR], SR)
+    assert emb.shape[1] == 64
+    assert head.shape[0] == 750  # 30 s at 25 tokens/s
+    assert 770 <= emb.shape[0] <= 780
+    np.testing.assert_allclose(emb[:750], head, atol=1e-5)  # the first piece is encoded on its own
+
+
+# --------------------------------------------------------------------------- the gemma speech engine
+
+
+@pytest.fixture(scope="module")
+def engine(text_gguf, mmproj):
+    from edge_runtime.audio.gemma_audio import GemmaAudioSettings, GemmaSpeechEngine
+
+    with GemmaSpeechEngine(text_gguf, mmproj("f16"), GemmaAudioSettings(max_new_tokens=8, n_ctx=1024)) as eng:
+        yield eng
+
+
+def test_engine_generates_deterministic_text_from_audio(engine):
+    audio = chirp(1.5)
+    streamed = list(engine.stream(audio, task="transcribe", language="English"))
+    assert streamed, "the model produced no token"
+    assert all(isinstance(text, str) for _, text in streamed)
+    assert {piece.start for piece, _ in streamed} == {0.0}
+    first = engine.transcribe_text(audio, language="English")
+    assert first == engine.transcribe_text(audio, language="English")  # greedy: same audio, same text
+    assert first == "".join(t for _, t in streamed).strip()
+    # a different instruction (translation) is a different prompt, still deterministic
+    tr = engine.translate_text(audio, "French")
+    assert tr == engine.translate_text(audio, "French")
+
+
+def test_engine_through_the_registry(text_gguf, mmproj):
+    from edge_runtime.audio.engines import SpeechEngine, TextPiece, create_engine
+
+    audio = chirp(1.5)
+    eng = create_engine("gemma", model=str(text_gguf), mmproj=str(mmproj("f16")), max_new_tokens=8, n_ctx=1024)
+    try:
+        assert isinstance(eng, SpeechEngine) and eng.name == "gemma"
+        pieces = list(eng.transcribe(audio, language="English"))
+        assert all(isinstance(p, TextPiece) for p in pieces)
+        assert [(p.start, p.end) for p in pieces] in ([], [(0.0, 1.5)])
+        assert pieces == list(eng.transcribe(audio, language="English"))
+        assert list(eng.transcribe(audio, task="translate")) == list(eng.transcribe(audio, task="translate"))
+    finally:
+        eng.close()
+
+
+def test_engine_embeddings_match_projector(engine, hf_reference):
+    audio, ref = hf_reference
+    emb = engine.audio_embeddings(audio)
+    assert emb.shape == ref.shape
+
+
+def test_prompt_follows_gemma4_turn_format():
+    from edge_runtime.audio.gemma_audio import build_prompt, task_instruction
+
+    prompt = build_prompt(task_instruction("transcribe", "English"), "<__media__>")
+    assert prompt.startswith("<|turn>user\n<__media__>Transcribe the following speech segment in English")
+    assert prompt.endswith("<turn|>\n<|turn>model\n")
+    assert "into French" in task_instruction("translate", "English", "French")
+
+
+def test_split_audio_cuts_at_quiet_points_within_30_s():
+    from edge_runtime.audio.gemma_audio import split_audio
+
+    loud = chirp(70.0, amp=0.5)
+    loud[int(27.5 * SR) : int(27.6 * SR)] = 0.0  # a pause just before the 30 s limit
+    pieces = split_audio(loud, SR)
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(loud)
+    assert all(end - begin <= 30 * SR for begin, end in pieces)
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    assert 27.5 * SR <= pieces[0][1] <= 27.6 * SR
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_sample_rate_mismatch_and_bad_audio(engine, text_gguf, mmproj):
+    from edge_runtime.backend.core import LlamaModel
+    from edge_runtime.backend.mtmd import MultimodalProjector
+
+    with pytest.raises(AudioError, match="16000 Hz"):
+        engine.transcribe_text(chirp(1.0), sample_rate=44100)
+    with pytest.raises(AudioError, match="mono"):
+        engine.transcribe_text(np.zeros((2, SR), dtype=np.float32))
+    with pytest.raises(AudioError, match="too short"):
+        engine.transcribe_text(np.zeros(10, dtype=np.float32))
+    with LlamaModel.load(text_gguf) as model, MultimodalProjector(mmproj("f16"), model) as proj:
+        with pytest.raises(AudioError, match="needs 16000 Hz"):
+            proj.encode_audio(chirp(1.0), 48000)
+        with pytest.raises(AudioError, match="NaN"):
+            proj.encode_audio(np.full(SR, np.nan, dtype=np.float32), SR)
+
+
+def _write_gguf(path: Path, arch: str, kv: dict) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(path, arch)
+    for key, value in kv.items():
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_string(key, value)
+    writer.add_tensor("dummy", np.zeros(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_projector_without_audio_is_refused(text_gguf, workdir):
+    from edge_runtime.audio.gemma_audio import GemmaSpeechEngine
+    from edge_runtime.backend.core import LlamaModel
+    from edge_runtime.backend.mtmd import MultimodalProjector
+
+    vision_only = _write_gguf(workdir / "vision-only.gguf", "clip", {
+        "clip.has_vision_encoder": True, "clip.projector_type": "gemma4v", "clip.vision.projection_dim": 64,
+    })
+    with LlamaModel.load(text_gguf) as model:
+        with pytest.raises(UnsupportedModelError, match="has no audio encoder"):
+            MultimodalProjector(vision_only, model)
+    with pytest.raises(UnsupportedModelError, match="has no audio encoder"):
+        GemmaSpeechEngine(text_gguf, vision_only)
+
+
+def test_missing_files_and_wrong_models(text_gguf, mmproj, workdir, default_model_path):
+    from edge_runtime.audio.gemma_audio import GemmaSpeechEngine
+
+    with pytest.raises(ModelNotFoundError):
+        GemmaSpeechEngine(workdir / "missing.gguf", mmproj("f16"))
+    with pytest.raises(ModelNotFoundError):
+        GemmaSpeechEngine(text_gguf, workdir / "missing-mmproj.gguf")
+    # Gemma 3 has no audio encoder at all
+    with pytest.raises(UnsupportedModelError, match="needs Gemma 4"):
+        GemmaSpeechEngine(default_model_path, mmproj("f16"))
+    # Gemma 3n: refused with the reason (its audio tower does not run in this llama.cpp)
+    g3n = _write_gguf(workdir / "gemma3n-header.gguf", "gemma3n", {"gemma3n.block_count": 1})
+    with pytest.raises(UnsupportedModelError, match="Gemma 3n.*audio encoder does not run"):
+        GemmaSpeechEngine(g3n, mmproj("f16"))
