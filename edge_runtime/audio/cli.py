@@ -1,0 +1,239 @@
+"""`edge-runtime transcribe | listen | assistant`.
+
+Optional dependencies (soundfile, sounddevice, onnxruntime, faster_whisper)
+are imported inside the command functions, never at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from edge_runtime.errors import AudioError, InvalidArgumentError
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speech engine")
+    g.add_argument("--engine", default="auto", choices=["auto", "whisper", "gemma"],
+                   help="speech engine (default: chosen from what is installed)")
+    g.add_argument("--model", help="Whisper name or CTranslate2 folder, or a Gemma 4 GGUF (gemma engine)")
+    g.add_argument("--mmproj", help="Gemma 4 audio projector GGUF (gemma engine)")
+    g.add_argument("--language", help="spoken language code, e.g. en (default: detect / English-only model)")
+    g.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
+                   help="translate: the engine's own speech-to-English translation")
+    g.add_argument("--threads", type=int, default=2, help="engine threads (default 2)")
+    g.add_argument("--translate-to", metavar="LANG",
+                   help="cascade: translate the transcript into LANG with the Gemma text model")
+    g.add_argument("--text-model", help="GGUF for --translate-to / assistant (default: the embedded model)")
+
+
+def _make_engine(args: argparse.Namespace):
+    from edge_runtime.audio.engines import choose_engine, create_engine
+
+    name = args.engine if args.engine != "auto" else choose_engine(args.model)
+    options: dict[str, Any] = {}
+    if name == "whisper":
+        options["threads"] = args.threads
+    elif name == "gemma":
+        options.update(mmproj=args.mmproj, n_threads=args.threads)
+    return create_engine(name, args.model, **options)
+
+
+def _segmenter_args(p: argparse.ArgumentParser, min_silence_ms: int) -> None:
+    g = p.add_argument_group("voice activity")
+    g.add_argument("--threshold", type=float, default=0.5, help="speech probability to open a segment")
+    g.add_argument("--min-silence-ms", type=int, default=min_silence_ms, help="silence that ends a segment")
+    g.add_argument("--max-segment", type=float, default=30.0, help="longest segment in seconds")
+
+
+def _segmenter_settings(args: argparse.Namespace):
+    from edge_runtime.audio.segmenter import SegmenterSettings
+
+    s = SegmenterSettings(threshold=args.threshold, min_silence_ms=args.min_silence_ms,
+                          max_segment_s=args.max_segment,
+                          pad_ms=min(200, args.min_silence_ms))
+    s.validate()
+    return s
+
+
+def _load_text_model(args: argparse.Namespace):
+    from edge_runtime.model import load_model
+
+    return load_model(args.text_model, n_threads=args.threads) if args.threads else load_model(args.text_model)
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from edge_runtime.audio.transcribe import TranscribeSettings, transcribe
+
+    settings = TranscribeSettings(language=args.language, task=args.task, segmenter=_segmenter_settings(args))
+    engine = _make_engine(args)
+    try:
+        result = transcribe(args.file, engine, settings=settings)
+    finally:
+        engine.close()
+    if args.translate_to and result.segments:
+        from edge_runtime.audio.translate import CascadeTranslator, TranslateSettings
+
+        t0 = time.perf_counter()
+        with _load_text_model(args) as model:
+            result = CascadeTranslator(model, TranslateSettings(args.translate_to)).translate_result(result)
+        result.metrics["translate_seconds"] = round(time.perf_counter() - t0, 3)
+    if args.format == "json":
+        print(result.to_json(indent=2))
+    elif args.format == "srt":
+        sys.stdout.write(result.to_srt())
+    else:
+        for s in result.segments:
+            print(s.text)
+    return 0
+
+
+def _open_source(args: argparse.Namespace):
+    from edge_runtime.audio.microphone import FileReplaySource, SoundDeviceSource
+
+    if args.replay:
+        return FileReplaySource(args.replay)
+    device = int(args.device) if args.device and args.device.isdigit() else args.device
+    return SoundDeviceSource(device, sample_rate=args.device_rate)
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("audio input")
+    g.add_argument("--device", help="input device index or name (default: the system default)")
+    g.add_argument("--device-rate", type=int, help="open the device at this rate (default: its native rate)")
+    g.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    g.add_argument("--replay", metavar="FILE", help="play FILE in real time instead of a microphone")
+
+
+def _list_devices() -> int:
+    from edge_runtime.audio.microphone import list_input_devices
+
+    devices = list_input_devices()
+    if not devices:
+        raise AudioError("no microphone found: PortAudio reports no input device")
+    for d in devices:
+        mark = "*" if d.is_default else " "
+        print(f"{mark} {d.index:3d}  {d.name}  ({d.channels} ch, {d.default_samplerate} Hz)")
+    return 0
+
+
+def _live(args: argparse.Namespace, engine, source):
+    from edge_runtime.audio.live import LiveSettings, LiveTranscriber
+    from edge_runtime.audio.microphone import Microphone
+
+    settings = LiveSettings(language=args.language, task=args.task,
+                            partial_interval=getattr(args, "partial_interval", 0.0),
+                            segmenter=_segmenter_settings(args))
+    mic = Microphone(source)
+    return mic, LiveTranscriber(mic, engine, settings)
+
+
+def _report_input(mic, live) -> None:
+    lat = live.latencies
+    summary = f"[{len(lat)} utterance(s)"
+    if lat:
+        summary += f", end-of-speech to text: mean {sum(lat) / len(lat):.2f} s, max {max(lat):.2f} s"
+    summary += f"; overflows {mic.overflows}, dropped blocks {mic.dropped_blocks}]"
+    print(summary, file=sys.stderr)
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        return _list_devices()
+    source = _open_source(args)
+    engine = _make_engine(args)
+    translator, model = None, None
+    try:
+        if args.translate_to:
+            from edge_runtime.audio.translate import CascadeTranslator, TranslateSettings
+
+            model = _load_text_model(args)
+            translator = CascadeTranslator(model, TranslateSettings(args.translate_to))
+        mic, live = _live(args, engine, source)
+        print(f"[listening: {source.name}, {source.sample_rate} Hz -> 16 kHz; Ctrl-C to stop]", file=sys.stderr)
+        try:
+            with mic:
+                for event in live.run():
+                    if event.kind == "partial":
+                        if sys.stdout.isatty():
+                            print(f"\r\x1b[2K… {event.text}", end="", flush=True)
+                        else:
+                            print(f"partial {event.start:7.2f} {event.text}", flush=True)
+                        continue
+                    prefix = "\r\x1b[2K" if sys.stdout.isatty() else ""
+                    latency = f" ({event.latency:.2f} s)" if event.latency is not None else ""
+                    print(f"{prefix}[{event.start:7.2f} - {event.end:7.2f}]{latency} {event.text}", flush=True)
+                    if translator:
+                        print(f"  -> {translator.translate(event.text)}", flush=True)
+        except KeyboardInterrupt:
+            pass
+        _report_input(mic, live)
+    finally:
+        engine.close()
+        if model is not None:
+            model.close()
+    return 0
+
+
+def cmd_assistant(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        return _list_devices()
+    from edge_runtime.chat import ChatSession
+    from edge_runtime.generate import GenerationSettings
+
+    source = _open_source(args)
+    engine = _make_engine(args)
+    model = None
+    try:
+        model = _load_text_model(args)
+        chat = ChatSession(model, args.system,
+                           settings=GenerationSettings(max_tokens=args.max_tokens, temperature=args.temperature))
+        mic, live = _live(args, engine, source)
+        print(f"[assistant listening: {source.name}; Ctrl-C to stop]", file=sys.stderr)
+        try:
+            with mic:
+                for event in live.run():
+                    if event.kind != "final":
+                        continue
+                    print(f"you: {event.text}", flush=True)
+                    print("gemma: ", end="", flush=True)
+                    with chat.send(event.text) as reply:
+                        for piece in reply:
+                            print(piece, end="", flush=True)
+                    print(flush=True)
+        except KeyboardInterrupt:
+            pass
+        _report_input(mic, live)
+    finally:
+        engine.close()
+        if model is not None:
+            model.close()
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("transcribe", help="speech in an audio file to text (VAD + speech engine)")
+    p.add_argument("file", metavar="FILE", help="WAV, FLAC, OGG or MP3")
+    p.add_argument("--format", default="txt", choices=["txt", "srt", "json"])
+    _engine_args(p)
+    _segmenter_args(p, min_silence_ms=700)
+    p.set_defaults(func=cmd_transcribe)
+
+    p = subparsers.add_parser("listen", help="live speech recognition from a microphone")
+    _source_args(p)
+    _engine_args(p)
+    _segmenter_args(p, min_silence_ms=500)
+    p.add_argument("--partial-interval", type=float, default=1.0,
+                   help="seconds of new speech between partial results (0: finals only)")
+    p.set_defaults(func=cmd_listen)
+
+    p = subparsers.add_parser("assistant", help="talk to Gemma: speech in, the reply streamed out")
+    _source_args(p)
+    _engine_args(p)
+    _segmenter_args(p, min_silence_ms=700)
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.set_defaults(func=cmd_assistant)

@@ -1,0 +1,56 @@
+"""Cascade translation: a transcript translated by the Gemma text runtime.
+
+Speech -> text (any engine) -> Gemma (`edge_runtime.chat.ChatSession`) ->
+text in the target language.  Each segment is a fresh one-turn chat so the
+window never grows with the recording.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
+
+from edge_runtime.audio.transcribe import Segment, TranscriptionResult
+from edge_runtime.errors import InvalidArgumentError
+
+PROMPT = ("Translate the following text into {target}. Reply with the translation only, "
+          "without notes or quotes.\n\n{text}")
+
+
+@dataclass(frozen=True)
+class TranslateSettings:
+    target_language: str
+    max_tokens: int = 256
+    temperature: float = 0.0  # greedy: translations should be reproducible
+
+
+class CascadeTranslator:
+    """Translate text pieces with a loaded `edge_runtime.Model` (not owned: the caller closes it)."""
+
+    def __init__(self, model: Any, settings: TranslateSettings):
+        if not settings.target_language or not settings.target_language.strip():
+            raise InvalidArgumentError("a target language is needed, e.g. --translate-to French")
+        from edge_runtime.chat import ChatSession
+        from edge_runtime.generate import GenerationSettings
+
+        self.settings = settings
+        self._generation = GenerationSettings(max_tokens=settings.max_tokens, temperature=settings.temperature)
+        self._session = ChatSession(model, settings=self._generation)
+
+    def stream(self, text: str) -> Iterator[str]:
+        """Translation of `text`, streamed as text pieces."""
+        if not text.strip():
+            return
+        self._session.reset()
+        prompt = PROMPT.format(target=self.settings.target_language, text=text.strip())
+        with self._session.send(prompt) as pieces:
+            yield from pieces
+
+    def translate(self, text: str) -> str:
+        return "".join(self.stream(text)).strip()
+
+    def translate_result(self, result: TranscriptionResult) -> TranscriptionResult:
+        """A copy of `result` with every segment's text translated (times kept)."""
+        segments = [Segment(s.start, s.end, self.translate(s.text)) for s in result.segments]
+        metrics = dict(result.metrics, translated_to=self.settings.target_language)
+        return replace(result, segments=segments, metrics=metrics)
