@@ -1,0 +1,105 @@
+"""llama.cpp's quantizer (`llama_model_quantize`) and its importance-matrix input."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+import llama_cpp as lc
+
+from edge_runtime.backend.core import ensure_backend, recent_llama_errors
+from edge_runtime.errors import ConversionError
+
+
+def load_imatrix(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Importance matrix per tensor: llama.cpp's GGUF imatrix (sums / counts) or the legacy .dat format."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: imatrix file is missing")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        return _load_gguf_imatrix(path)
+    return _load_legacy_imatrix(path)
+
+
+def _load_gguf_imatrix(path: Path) -> dict[str, np.ndarray]:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # the reader raises many kinds on a corrupt file
+        raise ConversionError(f"{path}: not a readable imatrix GGUF ({exc})") from None
+    sums = {t.name[: -len(".in_sum2")]: np.asarray(t.data, dtype=np.float32) for t in reader.tensors if t.name.endswith(".in_sum2")}
+    counts = {t.name[: -len(".counts")]: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors if t.name.endswith(".counts")}
+    out: dict[str, np.ndarray] = {}
+    for name, s in sums.items():
+        c = counts.get(name)
+        if c is None or c.size == 0:
+            raise ConversionError(f"{path}: imatrix entry {name} has no counts")
+        rows = s.reshape(c.size, -1)
+        values = np.where(c[:, None] > 0, rows / np.maximum(c[:, None], 1e-30), 1.0)
+        out[name] = np.ascontiguousarray(values.reshape(-1), dtype=np.float32)
+    if not out:
+        raise ConversionError(f"{path}: no imatrix entries (*.in_sum2 tensors)")
+    return out
+
+
+def _load_legacy_imatrix(path: Path) -> dict[str, np.ndarray]:
+    data = path.read_bytes()
+    out: dict[str, np.ndarray] = {}
+    try:
+        (n,) = struct.unpack_from("<i", data, 0)
+        pos = 4
+        if not 0 < n < 1_000_000:
+            raise ValueError
+        for _ in range(n):
+            (length,) = struct.unpack_from("<i", data, pos)
+            name = data[pos + 4 : pos + 4 + length].decode("utf-8")
+            pos += 4 + length
+            ncall, nval = struct.unpack_from("<ii", data, pos)
+            pos += 8
+            values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
+            pos += 4 * nval
+            out[name] = values / ncall if ncall > 0 else values
+    except (struct.error, ValueError, UnicodeDecodeError):
+        raise ConversionError(f"{path}: not an imatrix file (neither GGUF nor llama.cpp's legacy .dat)") from None
+    return out
+
+
+def quantize_model(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    ftype: int,
+    *,
+    n_threads: int = 2,
+    imatrix: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Quantize a GGUF file (F32/F16/BF16 weights) to `ftype` (a llama_ftype value) with llama.cpp's type plan."""
+    ensure_backend()
+    params = lc.llama_model_quantize_default_params()
+    params.nthread = n_threads
+    params.ftype = ftype
+    keep: list[object] = []  # the C side only borrows these buffers
+    if imatrix:
+        entries = (lc.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(imatrix.items()):
+            arr = np.ascontiguousarray(values, dtype=np.float32)
+            raw_name = name.encode("utf-8")
+            keep += [arr, raw_name]
+            entries[i].name = raw_name
+            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = arr.size
+        entries[len(imatrix)].name = None  # terminator
+        keep.append(entries)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(lc.llama_model_imatrix_data))
+    recent_llama_errors()
+    rc = lc.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    del keep
+    if rc != 0:
+        reasons = "; ".join(recent_llama_errors()) or f"error code {rc}"
+        raise ConversionError(f"llama.cpp could not quantize {src} to {dst}: {reasons}")

@@ -1,0 +1,119 @@
+"""Checks of a converted GGUF: tokenization against the Hugging Face tokenizer, and perplexity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Texts that exercise the tokenizer's corners: scripts, emoji, digits, whitespace runs
+SAMPLE_TEXTS = (
+    "Hello, world! This is a test.",
+    "  leading spaces,   runs of   spaces,\ttabs\t\tand\nnew\n\nlines  ",
+    "Digits 0123456789, 3.14159, 1,000,000 and 2026-11-23.",
+    "日本語のテキストと中文文本。",
+    "Привет, мир! Ünïcödé façade naïve.",
+    "مرحبا بالعالم — שלום עולם — नमस्ते दुनिया — สวัสดีชาวโลก",
+    "Emoji: 🎉🚀👩‍💻🇫🇷 ❤️",
+    "def f(x):\n    return x ** 2  # code\n",
+)
+
+PERPLEXITY_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Scientists study the natural world by making "
+    "observations and running experiments. Water boils at one hundred degrees Celsius at sea level, "
+    "and it freezes at zero degrees. The capital of France is Paris, and the capital of Japan is Tokyo. "
+    "Many people enjoy reading books, listening to music and walking in the park on sunny afternoons."
+)
+
+
+@dataclass
+class TokenizerCheck:
+    reference: str  # which Hugging Face tokenizer was used
+    texts: int
+    mismatches: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+@dataclass
+class Verification:
+    tokenizer: TokenizerCheck | None
+    perplexity: float | None
+    perplexity_tokens: int
+
+    @property
+    def ok(self) -> bool:
+        return (self.tokenizer is None or self.tokenizer.ok) and self.perplexity is not None and math.isfinite(self.perplexity)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        if self.tokenizer is not None:
+            d["tokenizer"]["ok"] = self.tokenizer.ok
+        return d
+
+
+def hf_tokenizer(directory: Path):
+    """(name, encode(text) -> ids with BOS) from tokenizer.json (tokenizers) or tokenizer.model (sentencepiece)."""
+    directory = Path(directory)
+    tj, spm = directory / "tokenizer.json", directory / "tokenizer.model"
+    if tj.is_file():
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            Tokenizer = None
+        if Tokenizer is not None:
+            tok = Tokenizer.from_file(str(tj))
+            return "tokenizer.json (tokenizers)", lambda text: tok.encode(text, add_special_tokens=True).ids
+    if spm.is_file():
+        try:
+            import sentencepiece
+        except ImportError:
+            return None
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(spm))
+        bos = sp.bos_id()
+        return "tokenizer.model (sentencepiece)", lambda text: ([bos] if bos >= 0 else []) + sp.encode(text)
+    return None
+
+
+def check_tokenizer(gguf_path: Path, hf_dir: Path, texts=SAMPLE_TEXTS) -> TokenizerCheck | None:
+    from edge_runtime.backend.core import LlamaModel
+
+    ref = hf_tokenizer(hf_dir)
+    if ref is None:
+        return None
+    name, encode = ref
+    check = TokenizerCheck(reference=name, texts=len(texts))
+    with LlamaModel.load(gguf_path, vocab_only=True) as model:
+        for text in texts:
+            expected = list(encode(text))
+            got = model.tokenize(text, add_special=True, parse_special=False)
+            if got != expected:
+                check.mismatches.append({"text": text, "hf": expected, "gguf": got})
+    return check
+
+
+def perplexity(gguf_path: Path, text: str = PERPLEXITY_TEXT, *, n_threads: int = 2) -> tuple[float, int]:
+    """exp(mean negative log-likelihood of each next token) of `text` under the model."""
+    from edge_runtime.backend.core import ContextParams, LlamaContext, LlamaModel
+
+    with LlamaModel.load(gguf_path) as model:
+        tokens = model.tokenize(text, add_special=True, parse_special=False)
+        params = ContextParams(n_ctx=max(64, len(tokens) + 8), n_batch=512, n_ubatch=512,
+                               n_threads=n_threads, n_threads_batch=n_threads, logits_all=True)
+        with LlamaContext(model, params) as ctx:
+            logits = ctx.eval_logits(tokens).astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    nll = -logp[np.arange(len(tokens) - 1), tokens[1:]]
+    return float(np.exp(nll.mean())), len(tokens)
+
+
+def verify_gguf(gguf_path: Path, hf_dir: Path, *, n_threads: int = 2) -> Verification:
+    tok = check_tokenizer(gguf_path, hf_dir)
+    ppl, n = perplexity(gguf_path, n_threads=n_threads)
+    return Verification(tok, ppl, n)
