@@ -373,3 +373,20 @@ def test_missing_files_and_wrong_models(text_gguf, mmproj, workdir, default_mode
     g3n = _write_gguf(workdir / "gemma3n-header.gguf", "gemma3n", {"gemma3n.block_count": 1})
     with pytest.raises(UnsupportedModelError, match="Gemma 3n.*audio encoder does not run"):
         GemmaSpeechEngine(g3n, mmproj("f16"))
+
+
+def test_convert_mmproj_command(checkpoint, workdir, capsys):
+    import argparse
+
+    from edge_runtime.conversion.mmproj_cli import register_mmproj
+
+    parser = argparse.ArgumentParser()
+    register_mmproj(parser.add_subparsers())
+    out = workdir / "cli-mmproj.gguf"
+    args = parser.parse_args(["convert-mmproj", str(checkpoint), "-o", str(out), "--outtype", "q8_0", "--json"])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["path"] == str(out) and result["outtype"] == "q8_0" and out.stat().st_size == result["size_bytes"]
+    meta, tensors = _read(out)
+    assert meta["clip.audio.projector_type"] == "gemma4a"
+    assert tensors["a.blk.0.attn_q.weight"].tensor_type.name == "Q8_0"
