@@ -357,6 +357,13 @@ def test_projector_without_audio_is_refused(text_gguf, workdir):
             MultimodalProjector(vision_only, model)
     with pytest.raises(UnsupportedModelError, match="has no audio encoder"):
         GemmaSpeechEngine(text_gguf, vision_only)
+    gemma3n = _write_gguf(workdir / "gemma3n-mmproj.gguf", "clip", {
+        "clip.has_vision_encoder": True, "clip.has_audio_encoder": True, "clip.vision.projector_type": "gemma3nv",
+        "clip.audio.projector_type": "gemma3na", "clip.audio.projection_dim": 64,
+    })
+    with LlamaModel.load(text_gguf) as model:
+        with pytest.raises(UnsupportedModelError, match="Gemma 3n projector.*not its audio encoder"):
+            MultimodalProjector(gemma3n, model)
 
 
 def test_missing_files_and_wrong_models(text_gguf, mmproj, workdir, default_model_path):

@@ -107,12 +107,12 @@ class MultimodalProjector:
         ensure_backend()
         _route_logs()
         info = inspect_projector(mmproj_path)
-        if require_audio and not info.has_audio:
+        if require_audio and not info.has_audio and "gemma3n" not in (info.vision_projector or ""):
             raise UnsupportedModelError(
                 f"{info.path} has no audio encoder (projector: {info.vision_projector or 'unknown'}); "
                 "audio needs a Gemma 4 E2B/E4B audio projector, e.g. from `edge-runtime convert-mmproj`"
             )
-        if require_audio and info.vision_projector == "gemma3nv":
+        if require_audio and "gemma3n" in (info.audio_projector or "") + (info.vision_projector or ""):
             raise UnsupportedModelError(
                 f"{info.path} is a Gemma 3n projector: this llama.cpp runs only Gemma 3n's vision tower, "
                 "not its audio encoder; use Gemma 4 E2B/E4B for audio"
