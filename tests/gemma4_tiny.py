@@ -56,8 +56,11 @@ def _tokenizer(folder: Path) -> dict[str, int]:
     return vocab
 
 
-def build_tiny_gemma4(folder: Path, *, seed: int = 0, with_audio: bool = True) -> Path:
-    """Write the checkpoint (config.json, model.safetensors, tokenizer) to `folder`."""
+def build_tiny_gemma4(folder: Path, *, seed: int = 0, with_audio: bool = True, bf16: bool = False) -> Path:
+    """Write the checkpoint (config.json, model.safetensors, tokenizer) to `folder`.
+
+    bf16=True stores the weights in bfloat16, as the real Gemma 4 checkpoints are.
+    """
     import torch
     from transformers.models.gemma4 import Gemma4Config, Gemma4ForConditionalGeneration
 
@@ -115,6 +118,8 @@ def build_tiny_gemma4(folder: Path, *, seed: int = 0, with_audio: bool = True) -
                 p.uniform_(0.5, 1.5)
             elif name.endswith("per_dim_scale"):
                 p.normal_(0.0, 0.5)
+    if bf16:
+        model = model.to(torch.bfloat16)
     model.save_pretrained(folder, safe_serialization=True)
     # Real Gemma 4 configs name the full-attention head size; this transformers drops it on save.
     config_path = folder / "config.json"

@@ -146,6 +146,27 @@ def test_mmproj_metadata_and_tensor_layout(checkpoint, mmproj):
     assert tensors["mm.a.input_projection.weight"].tensor_type.name == "F16"
 
 
+def test_bf16_checkpoint_converts_exactly(workdir, checkpoint, mmproj):
+    """Real Gemma 4 checkpoints are bf16: widened exactly, softplus applied after widening."""
+    import torch
+
+    from edge_runtime.conversion.mmproj import convert_mmproj
+
+    src = build_tiny_gemma4(workdir / "tiny-bf16", bf16=True)
+    _, got = _read(convert_mmproj(src, workdir / "mmproj-from-bf16.gguf", "f32", progress=False))
+    _, ref = _read(mmproj("f32"))
+    assert set(got) == set(ref)
+    for name in ("a.blk.1.attn_v.weight", "a.conv1d.0.weight", "mm.a.input_projection.weight", "a.blk.0.conv_dw.weight"):
+        want = torch.tensor(np.asarray(ref[name].data)).to(torch.bfloat16).float().numpy()
+        np.testing.assert_array_equal(np.asarray(got[name].data), want)
+    from safetensors.torch import load_file
+
+    x = load_file(src / "model.safetensors")["model.audio_tower.layers.0.self_attn.per_dim_scale"]
+    assert x.dtype == torch.bfloat16
+    np.testing.assert_allclose(np.asarray(got["a.blk.0.per_dim_scale.weight"].data),
+                               torch.nn.functional.softplus(x.float()).numpy(), rtol=1e-6)
+
+
 def test_checkpoint_without_audio_tower_is_refused_and_leaves_no_file(workdir):
     from edge_runtime.conversion.mmproj import convert_mmproj
 
@@ -291,6 +312,8 @@ def test_prompt_follows_gemma4_turn_format():
     assert prompt.startswith("<|turn>user\n<__media__>Transcribe the following speech segment in English")
     assert prompt.endswith("<turn|>\n<|turn>model\n")
     assert "into French" in task_instruction("translate", "English", "French")
+    assert task_instruction("transcribe", "de-DE") == task_instruction("transcribe", "German")
+    assert "in Klingon" in task_instruction("transcribe", "Klingon")
 
 
 def test_split_audio_cuts_at_quiet_points_within_30_s():

@@ -62,13 +62,33 @@ class AudioPiece:
     end: float
 
 
+# Language codes (as Whisper and the CLI take them) to the names Gemma's prompts use.
+LANGUAGE_NAMES = {
+    "ar": "Arabic", "bn": "Bengali", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek",
+    "en": "English", "es": "Spanish", "fa": "Persian", "fi": "Finnish", "fr": "French", "he": "Hebrew",
+    "hi": "Hindi", "hu": "Hungarian", "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean",
+    "ms": "Malay", "nl": "Dutch", "no": "Norwegian", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian",
+    "ru": "Russian", "sv": "Swedish", "sw": "Swahili", "ta": "Tamil", "th": "Thai", "tr": "Turkish",
+    "uk": "Ukrainian", "ur": "Urdu", "vi": "Vietnamese", "zh": "Chinese",
+}
+
+
+def language_name(language: str | None) -> str | None:
+    """"fr" or "fr-FR" -> "French"; names and unknown codes pass through unchanged."""
+    if not language:
+        return None
+    code = language.strip().lower().replace("_", "-").split("-")[0]
+    return LANGUAGE_NAMES.get(code, language.strip())
+
+
 def build_prompt(instruction: str, marker: str) -> str:
     """Gemma 4's turn format: the audio, then the instruction, in one user turn."""
     return f"<|turn>user\n{marker}{instruction}<turn|>\n<|turn>model\n"
 
 
 def task_instruction(task: str, language: str | None = None, target_language: str | None = None) -> str:
-    """The instruction text for "transcribe" or "translate"."""
+    """The instruction text for "transcribe" or "translate" (languages as names or codes)."""
+    language, target_language = language_name(language), language_name(target_language)
     if task == "transcribe":
         head = _TRANSCRIBE.format(language=language) if language else _TRANSCRIBE_ANY
         return f"{head}\n{_FORMAT_TRANSCRIPT}"
