@@ -326,6 +326,10 @@ def test_split_audio_cuts_at_quiet_points_within_30_s():
     assert all(end - begin <= 30 * SR for begin, end in pieces)
     assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
     assert 27.5 * SR <= pieces[0][1] <= 27.6 * SR
+    # no sliver left for the last piece
+    pieces = split_audio(chirp(30.01), SR)
+    assert len(pieces) == 2 and pieces[1][1] - pieces[1][0] >= SR // 2
+    assert split_audio(chirp(1.0), SR) == [(0, SR)]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -346,6 +350,10 @@ def test_sample_rate_mismatch_and_bad_audio(engine, text_gguf, mmproj):
             proj.encode_audio(chirp(1.0), 48000)
         with pytest.raises(AudioError, match="NaN"):
             proj.encode_audio(np.full(SR, np.nan, dtype=np.float32), SR)
+        with pytest.raises(AudioError, match="too short"):
+            proj.encode_audio(np.zeros(1, dtype=np.float32), SR)  # mtmd would abort the process
+        # a 1-sample tail after mtmd's 30 s boundary: padded, not an error
+        assert proj.encode_audio(np.zeros(30 * SR + 1, dtype=np.float32), SR).shape[0] == 751
 
 
 def _write_gguf(path: Path, arch: str, kv: dict) -> Path:

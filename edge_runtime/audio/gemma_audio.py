@@ -109,11 +109,13 @@ def split_audio(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, *, chunk_se
     n = len(samples)
     limit = int(chunk_seconds * sample_rate)
     search = min(int(search_seconds * sample_rate), limit // 2)
+    min_tail = min(sample_rate // 2, limit // 4)  # never leave a sliver of audio for the last piece
     frame = max(sample_rate // 50, 1)  # 20 ms energy frames
     pieces = []
     begin = 0
     while n - begin > limit:
-        lo, hi = begin + limit - search, begin + limit
+        hi = min(begin + limit, n - min_tail)
+        lo = max(hi - search, begin + 1)
         window = samples[lo:hi].astype(np.float64)
         n_frames = len(window) // frame
         if n_frames > 0:

@@ -29,6 +29,11 @@ from edge_runtime.gguf_file import read_header
 
 _logs_routed = False
 
+# mtmd cuts audio into 30 s pieces itself; a piece needs at least one 10 ms hop of samples
+# (a 1-sample input aborts the process, a 1-sample tail after a 30 s boundary fails).
+_PIECE_SECONDS = 30
+_MIN_SAMPLES = 160
+
 
 def _route_logs() -> None:
     """Send mtmd's and its helpers' logs through the backend's logger (and error buffer)."""
@@ -174,11 +179,15 @@ class MultimodalProjector:
         arr = np.asarray(samples)
         if arr.ndim != 1:
             raise AudioError(f"audio must be mono 1-D samples, got an array of shape {arr.shape}")
-        if arr.size == 0:
-            raise AudioError("audio is empty")
+        if arr.size < _MIN_SAMPLES:
+            raise AudioError(f"audio too short: {arr.size} samples; at least {_MIN_SAMPLES} (10 ms at 16 kHz) are needed")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.isfinite(arr).all():
             raise AudioError("audio contains NaN or infinite samples")
+        piece = _PIECE_SECONDS * int(self.audio_sample_rate or 16000)
+        tail = arr.size % piece
+        if arr.size > piece and 0 < tail < _MIN_SAMPLES:  # pad a sliver after the last 30 s boundary with silence
+            arr = np.concatenate([arr, np.zeros(_MIN_SAMPLES - tail, dtype=np.float32)])
         return arr
 
     def _tokenize(self, chunks: _Chunks, text: str, samples: np.ndarray, *, add_special: bool) -> None:
