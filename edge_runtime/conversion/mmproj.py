@@ -35,6 +35,7 @@ import numpy as np
 import gguf
 
 from edge_runtime.conversion.checkpoint import Checkpoint, TensorRef
+from edge_runtime.conversion.writer import atomic_path, check_free_space
 from edge_runtime.errors import ConversionError
 
 log = logging.getLogger("edge_runtime.conversion.mmproj")
@@ -272,35 +273,30 @@ def _convert(ckpt: Checkpoint, info: AudioProjectorInfo, out: Path, outtype: str
             raise ConversionError(f"{src}: audio layer {i} of {info.n_layer} (config.json) has no tensors")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    check_free_space(out.parent, sum(_nbytes(p.shape, p.qtype) for p in plan) + (1 << 20), f"the audio projector {out.name}")
     try:
-        writer = gguf.GGUFWriter(tmp, "clip")
-        try:
-            _write_metadata(writer, info, src, outtype)
-            for p in plan:
-                writer.add_tensor_info(p.name, p.shape, np.float32 if p.qtype == gguf.GGMLQuantizationType.F32 else np.float16,
-                                       _nbytes(p.shape, p.qtype), raw_dtype=p.qtype)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            for i, p in enumerate(plan, 1):
-                data = _transform(p.hf_name, p.ref.to_f32())
-                encoded = _encode(data, p.qtype)
-                if encoded.nbytes != _nbytes(p.shape, p.qtype):
-                    raise ConversionError(f"internal error: {p.name} encoded to {encoded.nbytes} bytes")
-                writer.write_tensor_data(encoded)
+        with atomic_path(out) as tmp:
+            writer = gguf.GGUFWriter(tmp, "clip")
+            try:
+                _write_metadata(writer, info, src, outtype)
+                for p in plan:
+                    writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32), _nbytes(p.shape, p.qtype), raw_dtype=p.qtype)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+                for i, p in enumerate(plan, 1):
+                    encoded = _encode(_transform(p.hf_name, p.ref.to_f32()), p.qtype)
+                    if encoded.nbytes != _nbytes(p.shape, p.qtype):
+                        raise ConversionError(f"internal error: {p.name} encoded to {encoded.nbytes} bytes")
+                    writer.write_tensor_data(encoded)
+                    if progress:
+                        print(f"\r[{i}/{len(plan)}] {p.name:<40} {p.qtype.name}", end="", file=sys.stderr, flush=True)
                 if progress:
-                    print(f"\r[{i}/{len(plan)}] {p.name:<40} {p.qtype.name}", end="", file=sys.stderr, flush=True)
-            if progress:
-                print(file=sys.stderr)
-        finally:
-            writer.close()
-        os.replace(tmp, out)
+                    print(file=sys.stderr)
+            finally:
+                writer.close()
     except OSError as exc:
         raise ConversionError(f"cannot write {out}: {exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     log.info("wrote %s (%d tensors)", out, len(plan))
     return out
 
