@@ -178,6 +178,26 @@ def test_checkpoint_without_audio_tower_is_refused_and_leaves_no_file(workdir):
     assert not [p for p in workdir.iterdir() if p.name.startswith(".no-audio-mmproj")]
 
 
+def test_failure_while_writing_leaves_no_file(workdir, checkpoint):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from edge_runtime.conversion.mmproj import convert_mmproj
+
+    src = workdir / "bad-dwconv"
+    shutil.copytree(checkpoint, src)
+    tensors = load_file(src / "model.safetensors")
+    name = "model.audio_tower.layers.1.lconv1d.depthwise_conv1d.weight"
+    tensors[name] = np.zeros((64, 2, 5), dtype=np.float32)  # not a depthwise [C, 1, K] weight
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    out = workdir / "bad-mmproj.gguf"
+    with pytest.raises(ConversionError, match="depthwise"):
+        convert_mmproj(src, out, progress=False)
+    assert not out.exists()
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".bad-mmproj")]
+
+
 def test_gemma3n_checkpoint_is_refused_with_reason(workdir):
     from edge_runtime.conversion.mmproj import convert_mmproj
 
