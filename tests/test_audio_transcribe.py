@@ -178,3 +178,28 @@ def test_cli_bad_input_is_one_line_not_a_traceback(tmp_path, make):
 def test_cli_gemma_engine_needs_its_files(recording_file):
     proc = cli("transcribe", str(recording_file), "--engine", "gemma")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "mmproj" in proc.stderr
+
+
+def test_packing_into_whisper_windows_maps_times_back():
+    from edge_runtime.audio.segmenter import SpeechSegment
+    from edge_runtime.audio.transcribe import pack_segments
+
+    segs = [SpeechSegment(t, t + d, np.zeros(int(d * SR), np.float32))
+            for t, d in [(1.0, 10.0), (15.0, 12.0), (30.0, 5.0), (40.0, 20.0)]]
+    windows = pack_segments(segs, 30.0, gap_seconds=0.3)
+    assert [len(w.segments) for w in windows] == [3, 1]  # 10 + 0.3 + 12 + 0.3 + 5 = 27.6 s, then 20 s
+    assert all(w.audio.size / SR <= 30.0 for w in windows)
+    w = windows[0]
+    assert w.offsets == [0.0, pytest.approx(10.3)]
+    assert w.to_source(2.0, 5.0) == (pytest.approx(3.0), pytest.approx(6.0))
+    # a piece whose timestamps spill into the gap belongs to the next segment
+    assert w.to_source(10.1, 14.3) == (pytest.approx(15.0), pytest.approx(19.0))
+    # one piece across both segments: start in the first, end in the second
+    assert w.to_source(8.0, 12.3) == (pytest.approx(9.0), pytest.approx(17.0))
+
+
+def test_packed_and_per_segment_transcripts_agree(whisper, recording):
+    packed = transcribe(recording.audio, whisper, sample_rate=SR)
+    single = transcribe(recording.audio, whisper, sample_rate=SR, settings=TranscribeSettings(pack=False))
+    assert packed.metrics["engine_calls"] == 1 and single.metrics["engine_calls"] == 3
+    assert wer(single.text, packed.text) <= 0.15

@@ -64,6 +64,7 @@ class TranscribeSettings:
     task: str = "transcribe"
     segmenter: SegmenterSettings = field(default_factory=SegmenterSettings)
     vad: VadSettings = field(default_factory=VadSettings)
+    pack: bool = True  # pack segments into the engine's window (see transcribe_segments)
 
 
 def find_speech(audio: np.ndarray, settings: TranscribeSettings | None = None,
@@ -81,14 +82,82 @@ def find_speech(audio: np.ndarray, settings: TranscribeSettings | None = None,
     return segment_audio(audio, probs, settings.segmenter)
 
 
+@dataclass
+class Window:
+    """Speech segments packed end to end (with short gaps) into one engine call."""
+
+    audio: np.ndarray
+    offsets: list[float]  # where each segment starts inside `audio`, seconds
+    segments: list[SpeechSegment]
+
+    def to_source(self, start: float, end: float) -> tuple[float, float]:
+        """Map a piece's [start, end] inside the window back to the source timeline.
+
+        Whisper's timestamps are coarse (they may fall in a gap or a little
+        into the neighbouring segment), so a piece belongs to the segments it
+        overlaps substantially; its start is mapped in the first, its end in
+        the last.
+        """
+        spans = [(off, off + seg.duration) for off, seg in zip(self.offsets, self.segments)]
+        overlaps = [max(0.0, min(end, b) - max(start, a)) for a, b in spans]
+        need = min(0.25, 0.5 * max(end - start, 0.0))
+        hits = [k for k, o in enumerate(overlaps) if o > 0 and o >= need]
+        if not hits:
+            hits = [max(range(len(spans)), key=lambda k: (overlaps[k], -abs(spans[k][0] - start)))]
+        first, last = self.segments[hits[0]], self.segments[hits[-1]]
+        s = first.start + min(max(start - self.offsets[hits[0]], 0.0), first.duration)
+        e = last.start + min(max(end - self.offsets[hits[-1]], 0.0), last.duration)
+        return s, max(s, e)
+
+
+def pack_segments(segments: list[SpeechSegment], max_seconds: float, gap_seconds: float = 0.3) -> list[Window]:
+    """Group consecutive segments into windows of at most `max_seconds`.
+
+    Whisper pads every call to 30 s, so one call per short segment wastes most
+    of its encoder time; packing is what makes a file with many short
+    utterances cheap (faster-whisper's vad_filter does the same).
+    """
+    windows: list[Window] = []
+    gap = np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
+    parts: list[np.ndarray] = []
+    offsets: list[float] = []
+    members: list[SpeechSegment] = []
+    length = 0
+    for seg in segments:
+        extra = seg.audio.size + (gap.size if parts else 0)
+        if parts and (length + extra) / SAMPLE_RATE > max_seconds:
+            windows.append(Window(np.concatenate(parts), offsets, members))
+            parts, offsets, members, length = [], [], [], 0
+            extra = seg.audio.size
+        if parts:
+            parts.append(gap)
+        offsets.append((length + extra - seg.audio.size) / SAMPLE_RATE)
+        parts.append(seg.audio)
+        members.append(seg)
+        length += extra
+    if parts:
+        windows.append(Window(np.concatenate(parts), offsets, members))
+    return windows
+
+
 def transcribe_segments(segments: list[SpeechSegment], engine: SpeechEngine,
                         settings: TranscribeSettings) -> Iterator[Segment]:
-    """Run the engine on each speech segment; pieces get absolute times."""
-    for seg in segments:
-        for piece in engine.transcribe(seg.audio, language=settings.language, task=settings.task):
-            start = seg.start + (piece.start or 0.0)
-            end = seg.start + piece.end if piece.end is not None else seg.end
-            yield Segment(round(start, 3), round(min(max(end, start), seg.end), 3), piece.text)
+    """Run the engine on the speech; pieces get times on the source timeline.
+
+    Engines with a fixed input window (`window_seconds`, Whisper's 30 s) get
+    segments packed into windows; others get one call per segment.
+    """
+    window_seconds = getattr(engine, "window_seconds", None) if settings.pack else None
+    if window_seconds:
+        windows = pack_segments(segments, window_seconds)
+    else:
+        windows = [Window(seg.audio, [0.0], [seg]) for seg in segments]
+    for win in windows:
+        for piece in engine.transcribe(win.audio, language=settings.language, task=settings.task):
+            p_start = piece.start or 0.0
+            p_end = piece.end if piece.end is not None else win.audio.size / SAMPLE_RATE
+            start, end = win.to_source(p_start, p_end)
+            yield Segment(round(start, 3), round(end, 3), piece.text)
 
 
 def transcribe(source: AudioInput, engine: SpeechEngine, *, sample_rate: int | None = None,
@@ -125,5 +194,7 @@ def transcribe(source: AudioInput, engine: SpeechEngine, *, sample_rate: int | N
         "total_seconds": round(t3 - t0, 4),
         "real_time_factor": round((t3 - t0) / duration, 4),
         "speech_segments": len(speech),
+        "engine_calls": len(pack_segments(speech, engine.window_seconds))
+        if settings.pack and getattr(engine, "window_seconds", None) else len(speech),
     }
     return TranscriptionResult(segments, getattr(engine, "name", type(engine).__name__), metrics)

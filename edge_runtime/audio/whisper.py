@@ -61,6 +61,7 @@ class WhisperEngine:
     """SpeechEngine over faster_whisper.WhisperModel; call `close()` when done."""
 
     name = "whisper"
+    window_seconds = 30.0  # Whisper pads every input to 30 s: callers should fill it
 
     def __init__(self, settings: WhisperSettings | None = None):
         self.settings = settings or WhisperSettings()
