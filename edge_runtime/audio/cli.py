@@ -25,7 +25,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help="translate: the engine's own speech-to-English translation")
     g.add_argument("--threads", type=int, default=2, help="engine threads (default 2)")
     g.add_argument("--translate-to", metavar="LANG",
-                   help="cascade: translate the transcript into LANG with the Gemma text model")
+                   help="translate into LANG: directly with the gemma engine, else the transcript "
+                        "through the Gemma text model (cascade)")
     g.add_argument("--text-model", help="GGUF for --translate-to / assistant (default: the embedded model)")
 
 
@@ -38,6 +39,9 @@ def _make_engine(args: argparse.Namespace):
         options["threads"] = args.threads
     elif name == "gemma":
         options.update(mmproj=args.mmproj, n_threads=args.threads)
+        if args.translate_to:  # Gemma translates speech directly: no cascade needed
+            options["target_language"] = args.translate_to
+            args.task, args.translate_to = "translate", None
     return create_engine(name, args.model, **options)
 
 
@@ -67,8 +71,8 @@ def _load_text_model(args: argparse.Namespace):
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from edge_runtime.audio.transcribe import TranscribeSettings, transcribe
 
-    settings = TranscribeSettings(language=args.language, task=args.task, segmenter=_segmenter_settings(args))
     engine = _make_engine(args)
+    settings = TranscribeSettings(language=args.language, task=args.task, segmenter=_segmenter_settings(args))
     try:
         result = transcribe(args.file, engine, settings=settings)
     finally:
@@ -143,7 +147,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     if args.list_devices:
         return _list_devices()
     source = _open_source(args)
-    engine = _make_engine(args)
+    engine = _make_engine(args)  # before _live: may turn --translate-to into the engine's own task
     translator, model = None, None
     try:
         if args.translate_to:

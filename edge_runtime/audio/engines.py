@@ -107,42 +107,8 @@ def create_engine(name: str = "auto", model: str | None = None, **options: Any) 
                                  "(edge_runtime/audio/gemma_audio.py is missing); use --engine whisper") from exc
             raise AudioError(f"the Gemma audio engine needs {exc.name}, which is not installed") from exc
         factory = getattr(module, "create_engine", None)
-        if factory is not None:
-            return factory(model=model, **options)
-        return GemmaEngineAdapter(module, model, **options)
+        if factory is None:
+            raise AudioError("edge_runtime.audio.gemma_audio has no create_engine(model, mmproj, **settings)")
+        return factory(model=model, **options)
     raise InvalidArgumentError(f"unknown speech engine {name!r}; choose from auto, whisper, gemma")
 
-
-class GemmaEngineAdapter:
-    """SpeechEngine view of `gemma_audio.GemmaSpeechEngine` (model GGUF + audio mmproj GGUF).
-
-    Task "translate" means into English, as for Whisper, unless
-    `target_language` is given; one TextPiece per <= 30 s piece.
-    """
-
-    name = "gemma"
-
-    def __init__(self, module: Any, model: str | None, mmproj: str | None = None,
-                 target_language: str | None = None, **settings: Any):
-        if not model or not mmproj:
-            raise InvalidArgumentError("the gemma engine needs --model GEMMA4.gguf and --mmproj MMPROJ.gguf")
-        gemma_settings = module.GemmaAudioSettings(**settings) if settings else None
-        self._engine = module.GemmaSpeechEngine(model, mmproj, gemma_settings)
-        self.target_language = target_language
-
-    def transcribe(self, audio_16k: np.ndarray, *, language: str | None = None,
-                   task: str = "transcribe") -> Iterator[TextPiece]:
-        check_task(task)
-        target = (self.target_language or "English") if task == "translate" else None
-        current, texts = None, []
-        for piece, text in self._engine.stream(audio_16k, task=task, language=language, target_language=target):
-            if piece != current and texts:
-                yield TextPiece("".join(texts).strip(), current.start, current.end)
-                texts = []
-            current = piece
-            texts.append(text)
-        if texts and "".join(texts).strip():
-            yield TextPiece("".join(texts).strip(), current.start, current.end)
-
-    def close(self) -> None:
-        self._engine.close()

@@ -87,7 +87,7 @@ class LiveTranscriber:
                         event = self._final(seg, arrivals)
                         if event:
                             yield event
-                if s.partial_interval > 0 and segmenter.in_speech and self.mic._queue.qsize() < 4:
+                if s.partial_interval > 0 and segmenter.in_speech and self.mic.backlog < 4:
                     current = segmenter.current_audio()
                     if current.size / SAMPLE_RATE - last_partial >= s.partial_interval:
                         last_partial = current.size / SAMPLE_RATE

@@ -96,13 +96,28 @@ class AudioSource(Protocol):
 class SoundDeviceSource:
     """A PortAudio input device, opened at its native rate (USB mics often refuse 16 kHz)."""
 
+    FALLBACK_RATES = (48000, 44100, 32000, 16000)
+
     def __init__(self, device: int | str | None = None, *, sample_rate: int | None = None, channels: int = 1):
         self.device = find_device(device)
         self.name = self.device.name
-        self.sample_rate = int(sample_rate or self.device.default_samplerate)
         if channels < 1 or channels > self.device.channels:
             raise InvalidArgumentError(f"{self.name} records 1 to {self.device.channels} channels, not {channels}")
         self.channels = channels
+        self.sample_rate = int(sample_rate) if sample_rate else self._supported_rate()
+
+    def _supported_rate(self) -> int:
+        """The device's native rate, or the first common rate it accepts."""
+        sd = _sounddevice()
+        tried = []
+        for rate in dict.fromkeys((self.device.default_samplerate, *self.FALLBACK_RATES)):
+            try:
+                sd.check_input_settings(device=self.device.index, samplerate=rate, channels=self.channels,
+                                        dtype="float32")
+                return int(rate)
+            except Exception as exc:
+                tried.append(f"{rate} Hz: {exc}")
+        raise AudioError(f"{self.name} accepts none of the usual sample rates ({'; '.join(tried)})")
 
     def open_stream(self, callback: Callback, blocksize: int, finished: Callable[[], None]) -> Any:
         sd = _sounddevice()
@@ -214,6 +229,12 @@ class Microphone:
         self._position = 0
         self._stream = None
         self._ended = False
+        self._resampler_done = False
+
+    @property
+    def backlog(self) -> int:
+        """Blocks captured but not yet read: a reader falling behind shows here first."""
+        return self._queue.qsize()
 
     # Runs on the audio thread: copy, enqueue, count; nothing else.
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -257,10 +278,16 @@ class Microphone:
             try:
                 item = self._queue.get(timeout=timeout if timeout is not None else 0.5)
             except queue.Empty:
-                if self._ended or timeout is not None:
+                if self._ended:
+                    item = None  # the end marker could not be queued: finish here
+                elif timeout is not None:
                     return None
-                continue
+                else:
+                    continue
             if item is None:
+                if self._resampler_done:
+                    return None
+                self._resampler_done = True
                 tail = self._resampler.flush()
                 self._ended = True
                 if tail.size:
