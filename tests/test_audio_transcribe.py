@@ -203,3 +203,31 @@ def test_packed_and_per_segment_transcripts_agree(whisper, recording):
     single = transcribe(recording.audio, whisper, sample_rate=SR, settings=TranscribeSettings(pack=False))
     assert packed.metrics["engine_calls"] == 1 and single.metrics["engine_calls"] == 3
     assert wer(single.text, packed.text) <= 0.15
+
+
+def test_auto_model_choice_follows_memory():
+    from edge_runtime.audio.whisper import MODEL_MEMORY_MB, local_models, pick_model
+
+    names = local_models()
+    assert "tiny.en" in names
+    assert pick_model(64) in names  # too little memory: still the smallest local model, not an error
+    big = pick_model(100_000)
+    assert MODEL_MEMORY_MB[big] == max(MODEL_MEMORY_MB[n] for n in names)
+    engine = create_engine("auto")
+    try:
+        assert engine.name == "whisper" and engine.model_name in names
+    finally:
+        engine.close()
+
+
+def test_gguf_model_larger_than_free_memory_is_refused(tmp_path, monkeypatch):
+    from edge_runtime import hardware
+
+    if "gemma" not in available_engines():
+        pytest.skip("the gemma engine is not in this installation")
+    model = tmp_path / "big.gguf"
+    with open(model, "wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse 64 MiB file
+    monkeypatch.setattr(hardware, "available_memory_mb", lambda: 32)
+    with pytest.raises(AudioError, match="MiB of memory is free"):
+        choose_engine(str(model))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, runtime_checkable
 
@@ -72,16 +73,27 @@ def _looks_like_gguf(model: str | None) -> bool:
 
 
 def choose_engine(model: str | None = None) -> str:
-    """Pick an engine for `model` from what is installed.
+    """Pick an engine for `model` from what is installed and the memory available.
 
-    A GGUF model means Gemma; otherwise Whisper (small, fast, good on 1-2 GB
-    boards) if faster-whisper is installed, else Gemma if its engine exists.
+    A GGUF model means Gemma (refused when the machine has clearly too little
+    free memory for it); otherwise Whisper (small, fast, fine on 1-2 GB boards)
+    if faster-whisper is installed, else Gemma if its engine exists.
     """
     available = available_engines()
     if _looks_like_gguf(model):
         if "gemma" not in available:
             raise AudioError("a .gguf model needs the Gemma audio engine (edge_runtime.audio.gemma_audio), "
                              "which is not available in this installation")
+        from edge_runtime.hardware import available_memory_mb
+
+        free = available_memory_mb()
+        try:
+            size_mb = os.path.getsize(model) // (1024 * 1024)
+        except OSError:
+            size_mb = 0  # the engine reports a missing file itself
+        if free and size_mb and size_mb > free:
+            hint = " (or use --engine whisper)" if "whisper" in available else ""
+            raise AudioError(f"{model} needs about {size_mb} MiB but only {free} MiB of memory is free{hint}")
         return "gemma"
     if "whisper" in available:
         return "whisper"
@@ -97,7 +109,7 @@ def create_engine(name: str = "auto", model: str | None = None, **options: Any) 
     if name == "whisper":
         from edge_runtime.audio.whisper import WhisperEngine, WhisperSettings
 
-        return WhisperEngine(WhisperSettings(model=model, **options) if model else WhisperSettings(**options))
+        return WhisperEngine(WhisperSettings(model=model or "auto", **options))
     if name == "gemma":
         try:
             module = importlib.import_module("edge_runtime.audio.gemma_audio")

