@@ -156,6 +156,10 @@ def write_sentencepiece(path: Path, vocab: Vocab) -> None:
         + _field(42, 0, ids.get("eos", 1))
         + _field(43, 0, ids.get("pad", 0))
     )
+    # SentencePiece looks the special ids up by piece text
+    for num, key in ((45, "unk"), (46, "bos"), (47, "eos"), (48, "pad")):
+        if 0 <= ids.get(key, -1) < len(vocab.tokens):
+            trainer += _field(num, 2, vocab.tokens[ids[key]].encode("utf-8"))
     normalizer = _field(1, 2, b"identity") + _field(3, 0, 0) + _field(4, 0, 0) + _field(5, 0, 1)
     out += _field(2, 2, trainer) + _field(3, 2, normalizer)
     path.write_bytes(bytes(out))

@@ -133,8 +133,9 @@ def _vocab(reader: gguf.GGUFReader, path: Path) -> Vocab:
 
 def _write_tokenizer(out_dir: Path, vocab: Vocab) -> None:
     names = {k: vocab.tokens[i] for k, i in vocab.special_ids.items() if 0 <= i < len(vocab.tokens)}
+    # Hugging Face spells spaces in added tokens as U+2581, as SentencePiece does
     decoder = {
-        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+        str(i): {"content": t.replace(" ", "\u2581") if ty == USER_DEFINED else t, "lstrip": False, "normalized": False, "rstrip": False,
                  "single_word": False, "special": ty == CONTROL}
         for i, (t, ty) in enumerate(zip(vocab.tokens, vocab.types)) if ty in (CONTROL, USER_DEFINED)
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,7 +76,16 @@ def hf_tokenizer(directory: Path):
         except ImportError:
             return None
         sp = sentencepiece.SentencePieceProcessor(model_file=str(spm))
-        bos = sp.bos_id()
+        bos, add_bos = sp.bos_id(), True
+        config_path = directory / "tokenizer_config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            add_bos = bool(config.get("add_bos_token", True))
+            bos_text = config.get("bos_token")
+            bos_text = bos_text.get("content") if isinstance(bos_text, dict) else bos_text
+            if isinstance(bos_text, str) and sp.piece_to_id(bos_text) != sp.unk_id():
+                bos = sp.piece_to_id(bos_text)
+        bos = bos if add_bos else -1
         return "tokenizer.model (sentencepiece)", lambda text: ([bos] if bos >= 0 else []) + sp.encode(text)
     return None
 

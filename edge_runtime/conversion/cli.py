@@ -1,0 +1,102 @@
+"""`edge-runtime convert` and `edge-runtime unpack`.
+
+Optional dependencies (safetensors, tqdm, huggingface_hub, ...) are imported
+only inside the command functions, so registering the commands is free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+PRESET_HELP = "max-efficiency (Q4_K_M), balanced (Q8_0) or quality (bf16)"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a Hugging Face Gemma checkpoint to GGUF",
+        description="Convert a Hugging Face Gemma checkpoint (folder or repo id) to a GGUF file, "
+        "optionally quantized. Presets: max-efficiency = Q4_K_M, balanced = Q8_0, quality = bf16.",
+    )
+    p.add_argument("src", help="checkpoint folder, or a Hugging Face repo id (owner/name)")
+    p.add_argument("-o", "--output", required=True, help="output .gguf path")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--outtype", default=None,
+                       help="f32, f16 (default), bf16, q8_0, or a llama.cpp type such as Q4_K_M, Q4_0, Q4_K_S, Q5_K_M, Q6_K, Q8_0, IQ4_NL")
+    group.add_argument("--preset", default=None, choices=["max-efficiency", "balanced", "quality"], help=PRESET_HELP)
+    p.add_argument("--imatrix", default=None, help="importance matrix file for llama.cpp quantization types")
+    p.add_argument("--verify", action="store_true", help="check the tokenizer against the Hugging Face one and report perplexity")
+    p.add_argument("--threads", type=int, default=2, help="threads for quantization and verification (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_convert)
+
+    u = subparsers.add_parser("unpack", help="turn a GGUF back into a Hugging Face checkpoint folder (f32)")
+    u.add_argument("model", help="GGUF file")
+    u.add_argument("out_dir", help="output folder")
+    u.add_argument("--json", action="store_true", help="print the result as JSON")
+    u.set_defaults(func=cmd_unpack)
+
+
+def _preset_table(n_params: int | None) -> str:
+    from edge_runtime.conversion.quantize import describe_presets
+
+    lines = []
+    for row in describe_presets(n_params):
+        size = f", ~{row['size_bytes'] / 2**20:.0f} MiB file, ~{row['ram_bytes'] / 2**20:.0f} MiB RAM" if "size_bytes" in row else ""
+        lines.append(f"  {row['preset']:<15} {row['outtype']:<7} {row['summary']}{size}")
+    return "\n".join(lines)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from edge_runtime.conversion.convert import convert_checkpoint
+
+    outtype = args.outtype if args.outtype is not None else (None if args.preset else "f16")
+    result = convert_checkpoint(
+        args.src, args.output, outtype, preset=args.preset, imatrix=args.imatrix, verify=args.verify,
+        progress=not args.no_progress and sys.stderr.isatty(), n_threads=args.threads,
+    )
+    m = result.manifest
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True, default=str))
+        return 0 if not result.verification or result.verification.get("ok") else 1
+    print(f"wrote {result.path} ({m['size_bytes'] / 2**20:.1f} MiB, {m['quantization']}, {m['architecture']}) in {result.seconds:.1f} s")
+    print(f"sha256 {m['sha256']}; manifest {result.manifest_path}")
+    if args.preset:
+        n_params = _count_params(result.path)
+        print("presets:\n" + _preset_table(n_params))
+    if result.verification:
+        v = result.verification
+        tok = v.get("tokenizer")
+        if tok is None:
+            print("tokenizer check: skipped (no Hugging Face tokenizer library available)")
+        else:
+            status = "ok" if tok["ok"] else f"{len(tok['mismatches'])} of {tok['texts']} texts differ"
+            print(f"tokenizer check vs {tok['reference']}: {status}")
+        print(f"perplexity on the built-in text ({v['perplexity_tokens']} tokens): {v['perplexity']:.2f}")
+        return 0 if v.get("ok") else 1
+    return 0
+
+
+def _count_params(path) -> int | None:
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        return int(sum(int(t.n_elements) for t in reader.tensors))
+    except Exception:  # the count only decorates the preset table
+        return None
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from edge_runtime.conversion.unpack import unpack_gguf
+
+    out = unpack_gguf(args.model, args.out_dir)
+    files = sorted(p.name for p in out.iterdir())
+    if args.json:
+        print(json.dumps({"out_dir": str(out), "files": files}))
+    else:
+        print(f"wrote {out}: {', '.join(files)}")
+    return 0
