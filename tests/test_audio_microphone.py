@@ -120,3 +120,13 @@ def test_real_microphone_when_present():
             assert chunk is not None, "the device delivered no audio for 5 s"
             received += chunk.audio.size
     assert mic.dropped_blocks == 0
+
+
+def test_missing_portaudio_is_a_clear_error():
+    """sounddevice raises OSError when it cannot find libportaudio; the CLI says what to install.
+    (The library is hidden from ctypes in a child process; sounddevice itself is real.)"""
+    code = ("import ctypes.util, sys; ctypes.util.find_library = lambda name: None; "
+            "from edge_runtime.cli import main; sys.exit(main(['listen', '--list-devices']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "libportaudio2" in proc.stderr
