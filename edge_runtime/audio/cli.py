@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from edge_runtime.errors import AudioError, InvalidArgumentError
+from edge_runtime.errors import AudioError
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from edge_runtime.audio import SAMPLE_RATE
-from edge_runtime.audio.audio import AudioInput, AudioInfo, load_audio
+from edge_runtime.audio.audio import AudioInput, load_audio
 from edge_runtime.audio.engines import SpeechEngine, check_task
 from edge_runtime.audio.segmenter import SegmenterSettings, SpeechSegment, segment_audio
 from edge_runtime.audio.vad import CHUNK, SileroVAD, VadSettings

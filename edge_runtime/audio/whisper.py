@@ -7,7 +7,6 @@ must already be in the Hugging Face cache (nothing is downloaded).
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,8 +16,6 @@ import numpy as np
 
 from edge_runtime.audio.engines import TextPiece, check_task
 from edge_runtime.errors import AudioError, InvalidArgumentError, ModelNotFoundError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "tiny.en"
 # Resident memory of int8 CTranslate2 Whisper models with decoding buffers, MiB (measured on x86-64,
