@@ -43,7 +43,11 @@ class CascadeTranslator:
             return
         self._session.reset()
         prompt = PROMPT.format(target=self.settings.target_language, text=text.strip())
-        with self._session.send(prompt) as pieces:
+        # A segment's translation is one paragraph about as long as the text: bound
+        # it so a model that rambles or echoes cannot run on for max_tokens.
+        budget = min(self.settings.max_tokens, 4 * len(text.split()) + 16)
+        settings = self._generation.replace(max_tokens=budget, stop=("\n\n",))
+        with self._session.send(prompt, settings=settings) as pieces:
             yield from pieces
 
     def translate(self, text: str) -> str:
