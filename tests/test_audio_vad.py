@@ -142,6 +142,15 @@ def test_max_length_without_pause_still_splits():
     assert np.array_equal(np.unique(joined), np.arange(int(joined[0]), int(joined[-1]) + 1))
 
 
+def test_split_leaving_only_silence_emits_nothing_more():
+    s = SegmenterSettings(max_segment_s=3.2, min_silence_ms=640, pad_ms=64)  # 100 chunks max, 20 to close
+    # speech, then a pause long enough to be the cut but shorter than min_silence... then silence
+    probs = [0.9] * 90 + [0.1] * 19 + [0.0] * 40
+    segments = [x for _, ss in feed(Segmenter(s), probs) for x in ss]
+    assert len(segments) == 1
+    assert int(segments[0].audio[0]) == 0 and int(segments[0].audio[-1]) >= 89
+
+
 @pytest.mark.parametrize("kwargs", [dict(threshold=1.5), dict(hysteresis=0.6), dict(pad_ms=900),
                                     dict(min_speech_ms=-1), dict(max_segment_s=0.1)])
 def test_bad_settings(kwargs):

@@ -106,7 +106,7 @@ class Segmenter:
         # Silence after the trailing pad becomes pre-roll for the next segment.
         self._preroll.clear()
         if self._pad:
-            self._preroll.extend(self._audio[last + 1 - self._seg_start:])
+            self._preroll.extend(self._audio[max(0, last + 1 - self._seg_start):])
         self._active = False
         self._audio, self._probs = [], []
         return out
