@@ -227,6 +227,10 @@ def plan_model(ckpt: Checkpoint, n_vocab: int) -> ModelPlan:
     types = _layer_types(cfg, n_layer, int(cfg.get("sliding_window_pattern") or 6))
     if len(types) != n_layer:
         raise ConversionError(f"{cpath}: layer_types has {len(types)} entries for {n_layer} layers")
+    if arch == "gemma3n" and not cfg.get("final_logit_softcapping"):
+        raise ConversionError(f"{cpath}: Gemma 3n without final_logit_softcapping cannot run in llama.cpp (it always soft-caps)")
+    if arch == "gemma4" and "sliding_attention" not in types:
+        raise ConversionError(f"{cpath}: Gemma 4 without any sliding_attention layer cannot run in llama.cpp")
     head_dims = _head_dims(cfg, arch, types)
     n_head_kv_full = n_head_kv
     if arch == "gemma4":
@@ -396,8 +400,12 @@ def _metadata(arch, cfg, n_layer, n_embd, n_head, n_head_kv, kv_heads, head_dims
         add("add_final_logit_softcapping", float(cfg.get("final_logit_softcapping") or 30.0))
         add("add_sliding_window", int(cfg.get("sliding_window", 4096)))
     elif arch in ("gemma3", "gemma3n", "gemma4"):
-        if cfg.get("final_logit_softcapping"):
-            add("add_final_logit_softcapping", float(cfg["final_logit_softcapping"]))
+        softcap = cfg.get("final_logit_softcapping")
+        if arch == "gemma4":
+            # llama.cpp defaults to 30 when the key is absent; 0 turns soft-capping off
+            add("add_final_logit_softcapping", float(softcap or 0.0))
+        elif softcap:
+            add("add_final_logit_softcapping", float(softcap))
         if cfg.get("sliding_window"):
             add("add_sliding_window", int(cfg["sliding_window"]))
         add("add_sliding_window_pattern", [t == "sliding_attention" for t in types])
