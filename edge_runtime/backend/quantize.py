@@ -78,12 +78,15 @@ def quantize_model(
     *,
     n_threads: int = 2,
     imatrix: dict[str, np.ndarray] | None = None,
+    max_buf_mib: int = 128,
 ) -> None:
     """Quantize a GGUF file (F32/F16/BF16 weights) to `ftype` (a llama_ftype value) with llama.cpp's type plan."""
     ensure_backend()
     params = lc.llama_model_quantize_default_params()
     params.nthread = n_threads
     params.ftype = ftype
+    # rows of one tensor held as f32 at a time (llama.cpp's default is 8 GiB, i.e. whole tensors)
+    params.max_buf_size = max_buf_mib << 20
     keep: list[object] = []  # the C side only borrows these buffers
     if imatrix:
         entries = (lc.llama_model_imatrix_data * (len(imatrix) + 1))()

@@ -9,6 +9,7 @@ it is exposed as a uint16 view (`bf16_to_f32` widens it).
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -46,6 +47,26 @@ def f32_to_bf16(values: np.ndarray) -> np.ndarray:
     nan = (bits & 0x7FFFFFFF) > 0x7F800000
     rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
     return np.where(nan, ((bits >> 16) | 64).astype(np.uint16), rounded)
+
+
+def release_pages(view: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped view from this process (they stay in the page cache).
+
+    Without this, every page read while converting counts in the resident set, so
+    peak RSS would grow to the size of the checkpoint.
+    """
+    base = view
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not hasattr(mmap, "MADV_DONTNEED") or view.nbytes == 0:
+        return
+    start = view.ctypes.data - np.frombuffer(base, dtype=np.uint8).ctypes.data
+    page = mmap.PAGESIZE
+    aligned = start - start % page
+    try:
+        base.madvise(mmap.MADV_DONTNEED, aligned, min(view.nbytes + start - aligned, len(base) - aligned))
+    except (OSError, ValueError):
+        pass  # only an optimisation
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 
 import gguf
 
-from edge_runtime.conversion.checkpoint import bf16_to_f32, f32_to_bf16
+from edge_runtime.conversion.checkpoint import bf16_to_f32, f32_to_bf16, release_pages
 from edge_runtime.errors import ConversionError
 
 Q = gguf.GGMLQuantizationType
@@ -137,13 +137,16 @@ def _write_tensor(fout, t: TensorToWrite) -> int:
         raise ConversionError(f"tensor {t.name}: got shape {list(data.shape)}, planned {list(t.shape)}")
     if data.ndim < 2 or data.size <= _CHUNK_ELEMENTS:
         buf = encode(data, t.qtype)
-        fout.write(buf.tobytes())
+        fout.write(np.ascontiguousarray(buf).data)
+        release_pages(data)
         return buf.nbytes
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // int(np.prod(data.shape[1:])))
     written = 0
     for start in range(0, data.shape[0], rows_per_chunk):
-        buf = encode(data[start : start + rows_per_chunk], t.qtype)
-        fout.write(buf.tobytes())
+        chunk = data[start : start + rows_per_chunk]
+        buf = encode(chunk, t.qtype)
+        fout.write(np.ascontiguousarray(buf).data)
+        release_pages(chunk)
         written += buf.nbytes
     return written
 
