@@ -40,11 +40,11 @@ def register(subparsers) -> None:
     u.set_defaults(func=cmd_unpack)
 
 
-def _preset_table(n_params: int | None) -> str:
+def _preset_table(counts: tuple[int, int, int] | None) -> str:
     from edge_runtime.conversion.quantize import describe_presets
 
     lines = []
-    for row in describe_presets(n_params):
+    for row in describe_presets(*(counts or (None, 0, 256))):
         size = f", ~{row['size_bytes'] / 2**20:.0f} MiB file, ~{row['ram_bytes'] / 2**20:.0f} MiB RAM" if "size_bytes" in row else ""
         lines.append(f"  {row['preset']:<15} {row['outtype']:<7} {row['summary']}{size}")
     return "\n".join(lines)
@@ -65,8 +65,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({m['size_bytes'] / 2**20:.1f} MiB, {m['quantization']}, {m['architecture']}) in {result.seconds:.1f} s")
     print(f"sha256 {m['sha256']}; manifest {result.manifest_path}")
     if args.preset:
-        n_params = _count_params(result.path)
-        print("presets:\n" + _preset_table(n_params))
+        print("presets (expected file size and RAM for this model):\n" + _preset_table(_count_params(result.path)))
     if result.verification:
         v = result.verification
         tok = v.get("tokenizer")
@@ -80,13 +79,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count_params(path) -> int | None:
+def _count_params(path) -> tuple[int, int, int] | None:
+    """(all weights, token embedding weights, embedding width) of a GGUF file."""
     try:
         from gguf import GGUFReader
 
         reader = GGUFReader(path)
-        return int(sum(int(t.n_elements) for t in reader.tensors))
-    except Exception:  # the count only decorates the preset table
+        total = int(sum(int(t.n_elements) for t in reader.tensors))
+        embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+        return total, int(embd.n_elements) if embd is not None else 0, int(embd.shape[0]) if embd is not None else 256
+    except Exception:  # the counts only decorate the preset table
         return None
 
 

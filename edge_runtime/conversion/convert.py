@@ -11,7 +11,7 @@ import gguf
 
 from edge_runtime.conversion.checkpoint import Checkpoint, resolve_source
 from edge_runtime.conversion.gemma import ModelPlan, gguf_arch, plan_model
-from edge_runtime.conversion.quantize import OutType, resolve_outtype, tensor_type
+from edge_runtime.conversion.quantize import resolve_outtype, tensor_type
 from edge_runtime.conversion.tokenizer import Vocab, load_vocab, write_vocab_fields
 from edge_runtime.conversion.writer import (
     TensorToWrite, atomic_path, check_free_space, scratch_path, sha256_file, write_gguf, write_manifest,

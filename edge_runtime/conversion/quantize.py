@@ -85,19 +85,29 @@ def tensor_type(out: Q, shape: tuple[int, ...], keep_f32: bool) -> Q:
     return out
 
 
-def estimate_size(n_params: int, outtype: str) -> int:
-    """Rough file size in bytes for `n_params` weights at `outtype`."""
-    return int(n_params * _BITS.get(outtype, 16) / 8)
+def estimate_size(n_params: int, outtype: str, n_embd_params: int = 0, embd_row: int = 256) -> int:
+    """Rough file size in bytes for `n_params` weights at `outtype`.
+
+    llama.cpp's K-quant mixes give the (tied) token embedding more bits: Q6_K for
+    Q4_K_M/Q5_K_M (Q8_0 when its rows do not split into 256-wide K blocks), which
+    matters for Gemma, whose vocabulary is large.
+    """
+    bits = _BITS.get(outtype, 16)
+    embd_bits = bits
+    if outtype in ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q5_K_S", "Q3_K_M", "Q3_K_L"):
+        embd_bits = 6.5625 if embd_row % 256 == 0 else 8.5
+    return int(((n_params - n_embd_params) * bits + n_embd_params * embd_bits) / 8)
 
 
-def describe_presets(n_params: int | None = None) -> list[dict]:
+def describe_presets(n_params: int | None = None, n_embd_params: int = 0, embd_row: int = 256) -> list[dict]:
     """Presets with their type and, given a parameter count, expected file size and RAM."""
     rows = []
     for p in PRESETS.values():
         row = {"preset": p.name, "outtype": p.outtype, "summary": p.summary}
         if n_params:
-            size = estimate_size(n_params, p.outtype)
+            size = estimate_size(n_params, p.outtype, n_embd_params, embd_row)
             row["size_bytes"] = size
-            row["ram_bytes"] = int(size * 1.1) + 200 * 2**20  # weights + KV cache/compute buffers at a small context
+            # weights + KV cache and compute buffers at a small (2k) context
+            row["ram_bytes"] = int(size * 1.05) + 150 * 2**20
         rows.append(row)
     return rows

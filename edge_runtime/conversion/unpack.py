@@ -17,7 +17,7 @@ import numpy as np
 import gguf
 
 from edge_runtime.conversion.gemma import _GLOBAL_MAP, _LAYER_MAP
-from edge_runtime.conversion.tokenizer import BYTE, CONTROL, USER_DEFINED, Vocab, write_sentencepiece
+from edge_runtime.conversion.tokenizer import CONTROL, USER_DEFINED, Vocab, write_sentencepiece
 from edge_runtime.conversion.writer import atomic_path
 from edge_runtime.errors import ConversionError
 
