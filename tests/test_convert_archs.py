@@ -102,3 +102,28 @@ def test_gemma4_without_sliding_layers_is_refused(tmp_path, tmp_path_factory):
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConversionError, match="without any sliding_attention layer"):
         convert_checkpoint(ckpt, tmp_path / "o.gguf", "f32", progress=False)
+
+
+def test_gemma3_with_only_tokenizer_json(tmp_path, tmp_path_factory):
+    """Without tokenizer.model the vocabulary comes from tokenizer.json (BPE with merges) and tokenizes alike."""
+    import shutil
+
+    from convert_support import real_tokenizer_json
+
+    from edge_runtime.conversion import convert_checkpoint
+    from edge_runtime.conversion.verify import check_tokenizer
+
+    src = tiny_checkpoint(tmp_path_factory, "gemma3")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for f in src.iterdir():
+        if f.name not in ("tokenizer.model", ".done"):
+            (ckpt / f.name).symlink_to(f)
+    shutil.copy(real_tokenizer_json(tmp_path_factory), ckpt / "tokenizer.json")
+    result = convert_checkpoint(ckpt, tmp_path / "o.gguf", "f32", progress=False)
+    assert result.manifest["tokenizer"]["source"] == "tokenizer.json"
+    check = check_tokenizer(result.path, ckpt)
+    assert check is not None and check.ok, check.mismatches
+    tokens = reference_tokens(tmp_path_factory)
+    check_stats = compare(hf_logits(src, tokens), gguf_logits(result.path, tokens))
+    assert check_stats["rel"] < 2e-3 and check_stats["top1"] == 1.0, check_stats

@@ -18,7 +18,7 @@ import gguf
 
 from edge_runtime.conversion.gemma import _GLOBAL_MAP, _LAYER_MAP
 from edge_runtime.conversion.tokenizer import CONTROL, USER_DEFINED, Vocab, write_sentencepiece
-from edge_runtime.conversion.writer import atomic_path
+from edge_runtime.conversion.writer import atomic_path, check_free_space
 from edge_runtime.errors import ConversionError
 
 _HF_ARCH = {"gemma": ("GemmaForCausalLM", "gemma"), "gemma2": ("Gemma2ForCausalLM", "gemma2"),
@@ -234,6 +234,8 @@ def unpack_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         entries.append((hf, shape, load))
     n_vocab = next((s[0] for n, s, _ in entries if n == "model.embed_tokens.weight"), len(vocab))
     out_dir.mkdir(parents=True, exist_ok=True)
+    needed = sum(int(np.prod(s, dtype=np.int64)) * 4 for _, s, _ in entries) + 64 * 2**20
+    check_free_space(out_dir, needed, "model.safetensors")
     _write_safetensors(out_dir / "model.safetensors", entries)
     config = _config(reader, arch, int(n_vocab), vocab.special_ids)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
