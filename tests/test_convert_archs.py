@@ -21,7 +21,7 @@ CASES = [
     ("gemma2", {}, ["f32", "f16", "bf16", "q8_0", "Q4_K_M"]),
     ("gemma3n", {"dtype": "bfloat16"}, ["f32", "q8_0", "Q4_K_M"]),
     ("gemma4", {}, ["f32", "f16", "bf16", "q8_0", "Q4_K_M"]),
-    ("gemma4", {"num_kv_shared_layers": 2}, ["f32"]),
+    ("gemma4", {"num_kv_shared_layers": 2, "use_double_wide_mlp": True}, ["f32"]),
     ("gemma4", {"hidden_size_per_layer_input": 0, "final_logit_softcapping": 30.0}, ["f32", "q8_0"]),
 ]
 

@@ -180,3 +180,10 @@ def test_cli_reports_one_line_error(tmp_path, tiny):
     assert proc.returncode == 1
     assert proc.stderr.startswith("edge-runtime: error: ") and "config.json: invalid JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_repo_id_offline_gives_clear_error(tmp_path, monkeypatch):
+    """A repo id goes through huggingface_hub; offline (as in the tests) that fails with a one-line error."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConversionError, match=r"google/not-a-real-gemma: could not download from the Hugging Face hub"):
+        convert("google/not-a-real-gemma", tmp_path / "out.gguf")
