@@ -11,8 +11,7 @@ import json
 
 import pytest
 
-from convert_support import compare, converted, gguf_logits, hf_logits, reference_tokens, tiny_checkpoint
-from test_convert_gemma3 import check
+from convert_support import check, compare, converted, gguf_logits, hf_logits, reference_tokens, tiny_checkpoint
 
 # (kind, checkpoint options, output types). Gemma 3n is stored in bf16: llama.cpp fixes its per-layer
 # embedding width at 256, which makes even a 2-layer model's per-layer table 262400 x 512.

@@ -17,27 +17,8 @@ import numpy as np
 import pytest
 
 from convert_support import (
-    compare, converted, gguf_logits, hf_logits, real_gemma_checkpoint, reference_tokens, tiny_checkpoint,
+    check, compare, converted, gguf_logits, hf_logits, real_gemma_checkpoint, reference_tokens, tiny_checkpoint,
 )
-
-TOLERANCES = {
-    "f32": dict(rel=2e-3, top1=1.0),
-    "f16": dict(rel=5e-3, top1=1.0),
-    "bf16": dict(rel=2e-2, kl=1e-3),
-    "q8_0": dict(rel=6e-2, kl=5e-3),
-    "Q4_K_M": dict(kl=0.05),
-}
-
-
-def check(stats: dict, outtype: str) -> None:
-    tol = TOLERANCES[outtype]
-    if "rel" in tol:
-        assert stats["rel"] < tol["rel"], stats
-    if "top1" in tol:
-        assert stats["top1"] == tol["top1"], stats
-    if "kl" in tol:
-        assert stats["kl"] < tol["kl"], stats
-
 
 @pytest.fixture(scope="module")
 def real_ckpt(tmp_path_factory):
