@@ -58,16 +58,21 @@ def test_cli_convert_preset_json_and_unpack(tmp_path, tiny):
     assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"} <= set(files)
 
 
-def test_unpacked_tiny_round_trips(tmp_path, tmp_path_factory, tiny):
-    """f32 GGUF -> unpack -> convert f32 gives the same tensors; transformers on the unpacked folder matches."""
+@pytest.mark.parametrize("kind", ["gemma", "gemma2", "gemma3"])
+def test_unpacked_tiny_round_trips(tmp_path, tmp_path_factory, kind):
+    """f32 GGUF -> unpack -> convert f32 gives the same tensors; transformers on the unpacked folder
+    gives exactly the original checkpoint's logits."""
     from edge_runtime.conversion import convert_checkpoint, unpack_gguf
 
-    first = converted(tmp_path_factory, tiny, "f32")
+    ckpt = tiny_checkpoint(tmp_path_factory, kind)
+    first = converted(tmp_path_factory, ckpt, "f32")
     hf_dir = unpack_gguf(first, tmp_path / "hf")
     second = convert_checkpoint(hf_dir, tmp_path / "again.gguf", "f32", progress=False).path
     assert tensor_bytes(first) == tensor_bytes(second)
     tokens = reference_tokens(tmp_path_factory)
-    stats = compare(hf_logits(hf_dir, tokens), gguf_logits(second, tokens))
+    unpacked = hf_logits(hf_dir, tokens)
+    assert np.array_equal(unpacked, hf_logits(ckpt, tokens))
+    stats = compare(unpacked, gguf_logits(second, tokens))
     assert stats["rel"] < 2e-3 and stats["top1"] == 1.0, stats
 
 
