@@ -58,7 +58,7 @@ def test_cli_convert_preset_json_and_unpack(tmp_path, tiny):
     assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"} <= set(files)
 
 
-@pytest.mark.parametrize("kind", ["gemma", "gemma2", "gemma3"])
+@pytest.mark.parametrize("kind", ["gemma", "gemma2", "gemma3", "gemma4"])
 def test_unpacked_tiny_round_trips(tmp_path, tmp_path_factory, kind):
     """f32 GGUF -> unpack -> convert f32 gives the same tensors; transformers on the unpacked folder
     gives exactly the original checkpoint's logits."""
@@ -74,6 +74,10 @@ def test_unpacked_tiny_round_trips(tmp_path, tmp_path_factory, kind):
     assert np.array_equal(unpacked, hf_logits(ckpt, tokens))
     stats = compare(unpacked, gguf_logits(second, tokens))
     assert stats["rel"] < 2e-3 and stats["top1"] == 1.0, stats
+    from edge_runtime.conversion.verify import check_tokenizer
+
+    check = check_tokenizer(second, hf_dir)  # the rebuilt tokenizer.model / tokenizer.json
+    assert check is not None and check.ok, check.mismatches
 
 
 def test_sharded_checkpoint(tmp_path, tmp_path_factory, tiny):

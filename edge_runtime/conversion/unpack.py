@@ -22,8 +22,8 @@ from edge_runtime.conversion.writer import atomic_path, check_free_space
 from edge_runtime.errors import ConversionError
 
 _HF_ARCH = {"gemma": ("GemmaForCausalLM", "gemma"), "gemma2": ("Gemma2ForCausalLM", "gemma2"),
-            "gemma3": ("Gemma3ForCausalLM", "gemma3_text")}
-_NORM_SHIFT = {"gemma": 1.0, "gemma2": 1.0, "gemma3": 1.0}
+            "gemma3": ("Gemma3ForCausalLM", "gemma3_text"), "gemma4": ("Gemma4ForCausalLM", "gemma4_text")}
+_NORM_SHIFT = {"gemma": 1.0, "gemma2": 1.0, "gemma3": 1.0, "gemma4": 0.0}
 
 
 def _field(reader: gguf.GGUFReader, key: str, default=None):
@@ -109,7 +109,43 @@ def _config(reader: gguf.GGUFReader, arch: str, n_vocab: int, special: dict[str,
             attn_logit_softcapping=None,
             use_bidirectional_attention=False,
         )
+    if arch == "gemma4":
+        pattern = list(g("attention.sliding_window_pattern"))
+        types = ["sliding_attention" if p else "full_attention" for p in pattern]
+        hd_swa = int(g("attention.key_length_swa", head_dim))
+        n_rot_full = rope_rotated_pairs(reader)
+        ff = g("feed_forward_length")
+        n_shared = int(g("attention.shared_kv_layers", 0))
+        kv = n_head_kv if isinstance(n_head_kv, list) else [int(n_head_kv)] * n_layer
+        kv_swa = next((k for k, t in zip(kv, types) if t == "sliding_attention"), kv[0])
+        kv_full = next((k for k, t in zip(kv, types) if t == "full_attention"), kv_swa)
+        cfg.update(
+            head_dim=hd_swa,
+            global_head_dim=head_dim,
+            num_key_value_heads=int(kv_swa),
+            intermediate_size=int(ff[0] if isinstance(ff, list) else ff),
+            use_double_wide_mlp=isinstance(ff, list) and len(set(ff)) > 1,
+            layer_types=types,
+            sliding_window=int(g("attention.sliding_window", 512)),
+            num_kv_shared_layers=n_shared,
+            hidden_size_per_layer_input=int(g("embedding_length_per_layer_input", 0)),
+            vocab_size_per_layer_input=n_vocab,
+            final_logit_softcapping=float(g("final_logit_softcapping")) or None,
+            rope_parameters={
+                "full_attention": {"rope_type": "proportional", "rope_theta": theta,
+                                   "partial_rotary_factor": 2 * n_rot_full / head_dim if n_rot_full else 1.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": float(g("rope.freq_base_swa", 10000.0))},
+            },
+        )
+        if kv_full != kv_swa:
+            cfg["num_global_key_value_heads"] = int(kv_full)
     return cfg
+
+
+def rope_rotated_pairs(reader: gguf.GGUFReader) -> int:
+    """Rotated dimension pairs of Gemma 4's proportional RoPE (the 1.0 entries of rope_freqs)."""
+    t = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    return 0 if t is None else int((np.asarray(t.data) < 1e29).sum())
 
 
 def _vocab(reader: gguf.GGUFReader, path: Path) -> Vocab:
