@@ -434,15 +434,10 @@ def test_missing_files_and_wrong_models(text_gguf, mmproj, workdir, default_mode
 
 
 def test_convert_mmproj_command(checkpoint, workdir, capsys):
-    import argparse
+    from edge_runtime.cli import main
 
-    from edge_runtime.conversion.mmproj_cli import register_mmproj
-
-    parser = argparse.ArgumentParser()
-    register_mmproj(parser.add_subparsers())
     out = workdir / "cli-mmproj.gguf"
-    args = parser.parse_args(["convert-mmproj", str(checkpoint), "-o", str(out), "--outtype", "q8_0", "--json"])
-    assert args.func(args) == 0
+    assert main(["convert-mmproj", str(checkpoint), "-o", str(out), "--outtype", "q8_0", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["path"] == str(out) and result["outtype"] == "q8_0" and out.stat().st_size == result["size_bytes"]
     meta, tensors = _read(out)

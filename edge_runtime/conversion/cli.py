@@ -1,4 +1,4 @@
-"""`edge-runtime convert` and `edge-runtime unpack`.
+"""`edge-runtime convert`, `edge-runtime unpack` and `edge-runtime convert-mmproj`.
 
 Optional dependencies (safetensors, tqdm, huggingface_hub, ...) are imported
 only inside the command functions, so registering the commands is free.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from edge_runtime.conversion.mmproj_cli import register_mmproj
 
 PRESET_HELP = "max-efficiency (Q4_K_M), balanced (Q8_0) or quality (bf16)"
 
@@ -38,6 +40,8 @@ def register(subparsers) -> None:
     u.add_argument("out_dir", help="output folder")
     u.add_argument("--json", action="store_true", help="print the result as JSON")
     u.set_defaults(func=cmd_unpack)
+
+    register_mmproj(subparsers)
 
 
 def _preset_table(counts: tuple[int, int, int] | None) -> str:

@@ -1,6 +1,6 @@
 """`edge-runtime convert-mmproj`: the Gemma 4 audio projector GGUF from a checkpoint.
 
-Wire it in with `register_mmproj(subparsers)` (e.g. from `conversion.cli.register`).
+Registered by `conversion.cli.register`.
 """
 
 from __future__ import annotations
