@@ -160,6 +160,9 @@ class Generator:
                     finish = "cancelled"
                     return
                 self.cache.extend(todo)
+                # From here `cancel` is checked before every token; llama.cpp's per-node poll
+                # would only slow the one-token decodes down.
+                self.ctx.set_abort_check(None)
                 prompt_s = time.perf_counter() - t_prompt
                 metrics.prompt_tps = len(todo) / prompt_s if prompt_s > 0 else 0.0
                 if settings.repeat_penalty != 1.0:

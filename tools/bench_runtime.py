@@ -1,6 +1,6 @@
 """Runtime benchmark: edge_runtime vs llama-cpp-python on the same model, threads and settings.
 
-    python tools/bench_runtime.py [--model PATH] [--threads N] [--tokens 128] [--repeats 3] [--json]
+    python tools/bench_runtime.py [--model PATH] [--threads N] [--tokens 128] [--repeats 5] [--json]
 
 1. Generation tokens/s: edge_runtime's streaming generator vs a raw
    llama-cpp-python `eval` + argmax loop (target ratio >= 0.97), and
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import time
@@ -36,48 +37,45 @@ def user_turn(i: int) -> str:
     return f"Turn {i}: tell me one fact about the number {i * 7} and why it matters."
 
 
-def bench_ours_generation(model_path: Path, threads: int, n_tokens: int, repeats: int) -> float:
-    rates = []
-    with load_model(model_path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, flash_attn=False) as m:
-        settings = GenerationSettings(temperature=0, max_tokens=n_tokens)
-        m.generate(PROMPT, settings.replace(max_tokens=8))  # warm-up
-        for _ in range(repeats):
-            m.reset()
-            t0, first, n = time.perf_counter(), None, 0
-            stream = m.stream(PROMPT, settings)
-            for _piece in stream:
-                first = first or time.perf_counter()
-            n = stream.result.metrics.generated_tokens
-            rates.append(stream.result.metrics.gen_tps)
-            assert n == n_tokens, n
-    return statistics.median(rates)
+def bench_generation(model_path: Path, threads: int, n_tokens: int, repeats: int) -> dict[str, float]:
+    """Median tokens/s of edge_runtime, a raw `eval` + argmax loop and `Llama(stream=True)`.
 
-
-def bench_raw_loop(model_path: Path, threads: int, n_tokens: int, repeats: int) -> tuple[float, float]:
+    Both runtimes stay loaded and the three take turns, round after round, so that a
+    neighbour's load or a frequency change on a shared machine hits all of them alike.
+    """
     from llama_cpp import Llama
 
+    rates: dict[str, list[float]] = {"edge_runtime": [], "raw_loop": [], "llama_stream": []}
+    settings = GenerationSettings(temperature=0, max_tokens=n_tokens)
     llm = Llama(model_path=str(model_path), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
                 flash_attn=False, verbose=False)
     tokens = llm.tokenize(PROMPT.encode())
-    raw, high = [], []
-    for _ in range(repeats):
-        llm.reset()
-        llm.eval(tokens)
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        t0 = time.perf_counter()
-        for _ in range(n_tokens - 1):
-            llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        raw.append((n_tokens - 1) / (time.perf_counter() - t0))
+    with load_model(model_path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, flash_attn=False) as m:
+        m.generate(PROMPT, settings.replace(max_tokens=8))  # warm-up
+        for _ in range(repeats):
+            m.reset()
+            result = m.generate(PROMPT, settings)
+            assert result.metrics.generated_tokens == n_tokens, result.metrics
+            rates["edge_runtime"].append(result.metrics.gen_tps)
 
-        llm.reset()
-        t0, first, n = time.perf_counter(), None, 0
-        for _chunk in llm(PROMPT, max_tokens=n_tokens, temperature=0, top_k=1, stream=True):
-            first = first or time.perf_counter()
-            n += 1
-        high.append((n - 1) / (time.perf_counter() - first))
+            # Timed like edge_runtime's gen_tps: from the first token, n - 1 evaluations.
+            llm.reset()
+            llm.eval(tokens)
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            t0 = time.perf_counter()
+            for _ in range(n_tokens - 1):
+                llm.eval([tok])
+                tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            rates["raw_loop"].append((n_tokens - 1) / (time.perf_counter() - t0))
+
+            llm.reset()
+            first, n = None, 0
+            for _chunk in llm(PROMPT, max_tokens=n_tokens, temperature=0, top_k=1, stream=True):
+                first = first or time.perf_counter()
+                n += 1
+            rates["llama_stream"].append((n - 1) / (time.perf_counter() - first))
     llm.close()
-    return statistics.median(raw), statistics.median(high)
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def bench_ours_chat(model_path: Path, threads: int, turns: int, max_tokens: int) -> list[dict]:
@@ -136,15 +134,16 @@ def main() -> int:
     ap.add_argument("--model", type=Path)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--turns", type=int, default=50)
     ap.add_argument("--reply-tokens", type=int, default=24)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # llama.cpp's load-time warnings are not results
     model_path = args.model or default_model_path()
 
-    ours = bench_ours_generation(model_path, args.threads, args.tokens, args.repeats)
-    raw, high = bench_raw_loop(model_path, args.threads, args.tokens, args.repeats)
+    gen = bench_generation(model_path, args.threads, args.tokens, args.repeats)
+    ours, raw, high = gen["edge_runtime"], gen["raw_loop"], gen["llama_stream"]
     chat = bench_ours_chat(model_path, args.threads, args.turns, args.reply_tokens)
     ref_full = bench_llama_cpp_chat(model_path, args.threads, args.turns, args.reply_tokens, trim=False)
     ref_trim = bench_llama_cpp_chat(model_path, args.threads, args.turns, args.reply_tokens, trim=True)

@@ -265,6 +265,7 @@ class PerfCounters:
 
 
 _ABORT_CALLBACK_TYPE = lc.ggml_abort_callback
+_NO_ABORT_CALLBACK = _ABORT_CALLBACK_TYPE()  # a NULL function pointer
 
 
 class LlamaContext(_Handle):
@@ -309,7 +310,6 @@ class LlamaContext(_Handle):
         self._abort_flag: Callable[[], bool] | None = None
         # The C callback object must outlive the context: keep a reference.
         self._abort_cb = _ABORT_CALLBACK_TYPE(self._abort_trampoline)
-        lc.llama_set_abort_callback(ptr, self._abort_cb, None)
 
     def _free(self, ptr: lc.llama_context_p) -> None:
         lc.llama_batch_free(self._batch)
@@ -321,8 +321,13 @@ class LlamaContext(_Handle):
         return bool(flag and flag())
 
     def set_abort_check(self, check: Callable[[], bool] | None) -> None:
-        """A callable polled by llama.cpp during decode; True aborts the decode."""
+        """A callable polled by llama.cpp during decode; True aborts the decode. None removes it.
+
+        llama.cpp polls it once per graph node (hundreds per token), each poll a trip into
+        Python: install it for long prompt evaluations, not for one-token decodes.
+        """
         self._abort_flag = check
+        lc.llama_set_abort_callback(self.ptr, self._abort_cb if check else _NO_ABORT_CALLBACK, None)
 
     def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
         lc.llama_set_n_threads(self.ptr, n_threads, n_threads_batch)
