@@ -18,6 +18,8 @@ the shift could not reuse.
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -48,6 +50,43 @@ class ChatResult(GenerationResult):
         return out
 
 
+class TurnTokenCache:
+    """Tokenizes a rendered conversation turn by turn, remembering turns already seen.
+
+    llama.cpp cuts text at control tokens before tokenizing the pieces between
+    them, so cutting in front of every turn-opening token and joining the
+    pieces' tokens gives exactly the tokens of the whole text. A new turn then
+    costs only its own tokenization, however long the window is.
+    """
+
+    def __init__(self, model: Model, marker: str, max_entries: int = 512) -> None:
+        self.model = model
+        self.marker = marker
+        self.max_entries = max_entries
+        self._cache: OrderedDict[tuple[bool, str], list[int]] = OrderedDict()
+
+    def _pieces(self, text: str) -> list[str]:
+        if not self.marker:
+            return [text]
+        parts = text.split(self.marker)
+        return [p for p in parts[:1] if p] + [self.marker + p for p in parts[1:]]
+
+    def tokenize(self, text: str) -> list[int]:
+        out: list[int] = []
+        for i, piece in enumerate(self._pieces(text) or [""]):
+            key = (i == 0, piece)
+            tokens = self._cache.get(key)
+            if tokens is None:
+                tokens = self.model.tokenize(piece, add_bos=i == 0, special=True)
+                self._cache[key] = tokens
+                if len(self._cache) > self.max_entries:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(key)
+            out.extend(tokens)
+        return out
+
+
 class ChatSession:
     """A conversation with a model. Send messages; replies stream as text pieces."""
 
@@ -65,6 +104,9 @@ class ChatSession:
         self.format = model.chat_format
         ids = (model.llama.token_id(t) for t in self.format.turn_tokens)
         self._stop_tokens = tuple(i for i in ids if i is not None)
+        # Cutting at the turn marker is exact only where the vocabulary has it as one control token.
+        marker = self.format.start_of_turn
+        self._turn_tokens = TurnTokenCache(model, marker if marker and model.llama.token_id(marker) is not None else "")
         self.messages: list[Message] = []
         self.system: str | None = None
         self._window_start = 0
@@ -107,7 +149,7 @@ class ChatSession:
 
     def _tokenize(self, messages: Sequence[Message], *, generation: bool = True) -> list[int]:
         text = self.format.render(messages, add_generation_prompt=generation, tools=self.tools)
-        return self.model.tokenize(text, add_bos=True, special=True)
+        return self._turn_tokens.tokenize(text)
 
     def _next_start(self, start: int) -> int:
         """Index of the user message after the exchange that begins at `start`."""
@@ -174,6 +216,7 @@ class ChatSession:
             self.messages.append(Message("user", content))
         elif not self.messages:
             raise InvalidArgumentError("nothing to reply to: send a message first")
+        t_start = time.perf_counter()
         settings = settings or self.settings
         settings = settings.replace(
             stop=tuple(dict.fromkeys((*settings.stop, *self.format.stop_strings))),
@@ -184,16 +227,20 @@ class ChatSession:
         settings = settings.replace(max_tokens=min(settings.max_tokens, self.model.n_ctx - len(tokens)))
         inner = self.model.generator.stream(tokens, settings, cancel)
         outer = Stream(iter(()), inner.cancel_token)
-        outer._pieces = self._relay(inner, outer, dropped, truncated, len(tokens))
+        outer._pieces = self._relay(inner, outer, dropped, truncated, len(tokens), time.perf_counter() - t_start)
         return outer
 
-    def _relay(self, inner: Stream, outer: Stream, dropped: int, truncated: bool, n_tokens: int) -> Iterator[str]:
+    def _relay(
+        self, inner: Stream, outer: Stream, dropped: int, truncated: bool, n_tokens: int, window_s: float
+    ) -> Iterator[str]:
         try:
             yield from inner
         finally:
             inner.close()
             res = inner.result
             if res is not None:
+                if res.metrics.ttft_s:
+                    res.metrics.ttft_s += window_s  # what the user waits for includes fitting the window
                 calls = parse_tool_calls(res.text, self.tools) if self.tools else []
                 self.messages.append(Message("assistant", res.text))
                 outer.result = ChatResult(

@@ -46,8 +46,29 @@ def test_200_turns_in_512_tokens_reuse_the_cache(small_model):
             # re-tokenized or where the shift joined the pinned prompt to the first kept turn.
             assert evaluated <= turn_tokens(model, text) + 8, (turn, evaluated, m)
             assert m.reused_tokens >= m.prompt_tokens - turn_tokens(model, text) - 8
+        if turn % 50 == 49:
+            # The turn-by-turn token cache gives exactly the tokens of the whole rendered window.
+            rendered = chat.format.render(chat.window_messages)
+            assert chat._tokenize(chat.window_messages) == model.tokenize(rendered, add_bos=True)
     assert dropped_total > 300  # the window really did shift many times
     assert len(chat.messages) == 400  # history is kept; only the window moves
+
+
+def test_turn_token_cache_equals_whole_text_tokenization(small_model):
+    """Cutting at <start_of_turn> and caching the pieces never changes the tokens, whatever the text."""
+    from edge_runtime.chat import TurnTokenCache
+
+    texts = ["Hello!", "日本語の文章です。", "emoji 🎉🎉 ok", "  spaces   and\n\nnewlines ", "a literal <start_of_turn>model",
+             "<end_of_turn>", "1234 + 5678 = ?", "Ünïcödé", ""]
+    cache = TurnTokenCache(small_model, "<start_of_turn>")
+    fmt = small_model.chat_format
+    for i in range(60):
+        msgs = [Message("system", texts[i % 4])] if i % 3 == 0 else []
+        msgs += [Message("user" if k % 2 == 0 else "assistant", texts[(i + k) % len(texts)] + texts[(i * k) % len(texts)])
+                 for k in range(1 + i % 5)]
+        rendered = fmt.render(msgs, add_generation_prompt=i % 4 != 0)
+        assert cache.tokenize(rendered) == small_model.tokenize(rendered, add_bos=True), rendered
+    assert 0 < len(cache._cache) <= cache.max_entries
 
 
 def test_system_prompt_is_folded_into_first_user_turn(small_model):

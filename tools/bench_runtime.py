@@ -149,7 +149,9 @@ def main() -> int:
     ref_trim = bench_llama_cpp_chat(model_path, args.threads, args.turns, args.reply_tokens, trim=True)
 
     t2, t50 = _turn(chat, 2)["ttft_s"], _turn(chat, args.turns)["ttft_s"]
-    late = [r["ttft_s"] for r in chat[-10:]]
+    # Single turns jitter by tens of percent on a shared VM: compare turns 2-6 with the last five.
+    early = statistics.median(r["ttft_s"] for r in chat[1:6])
+    late = statistics.median(r["ttft_s"] for r in chat[-5:])
     ref_fail = next((r for r in ref_full if "error" in r), None)
     report = {
         "model": str(model_path),
@@ -158,7 +160,7 @@ def main() -> int:
                            "ratio_vs_raw": ours / raw, "ratio_vs_stream": ours / high},
         "chat_n_ctx_512": {
             "ttft_turn2_s": t2, f"ttft_turn{args.turns}_s": t50, "ratio": t50 / t2,
-            "ratio_median_last10": statistics.median(late) / t2,
+            "ttft_median_turns_2_6_s": early, "ttft_median_last5_s": late, "ratio_medians": late / early,
             "evaluated_tokens_last_turn": _turn(chat, args.turns)["evaluated"],
             "llama_cpp_full_history_failed_at_turn": ref_fail["turn"] if ref_fail else None,
             "llama_cpp_full_history_error": ref_fail["error"] if ref_fail else None,
@@ -176,8 +178,9 @@ def main() -> int:
     print(f"  ratio vs raw loop      {g['ratio_vs_raw']:.3f}  (target >= 0.97)")
     print(f"  ratio vs Llama stream  {g['ratio_vs_stream']:.3f}")
     print(f"chat at n_ctx=512, {args.turns} turns, {args.reply_tokens}-token replies")
-    print(f"  edge_runtime TTFT turn 2 {t2 * 1000:6.1f} ms, turn {args.turns} {t50 * 1000:6.1f} ms, ratio {c['ratio']:.2f}"
-          f" (median of last 10: {c['ratio_median_last10']:.2f}; target <= 1.2)")
+    print(f"  edge_runtime TTFT turn 2 {t2 * 1000:6.1f} ms, turn {args.turns} {t50 * 1000:6.1f} ms, ratio {c['ratio']:.2f}")
+    print(f"  edge_runtime TTFT median turns 2-6 {early * 1000:6.1f} ms, last 5 turns {late * 1000:6.1f} ms, "
+          f"ratio {c['ratio_medians']:.2f} (target <= 1.2)")
     print(f"  edge_runtime evaluated {c['evaluated_tokens_last_turn']} prompt tokens at turn {args.turns}")
     if ref_fail:
         print(f"  llama-cpp-python, full history: failed at turn {ref_fail['turn']}: {ref_fail['error']}")
