@@ -126,3 +126,36 @@ def test_gemma3_with_only_tokenizer_json(tmp_path, tmp_path_factory):
     tokens = reference_tokens(tmp_path_factory)
     check_stats = compare(hf_logits(src, tokens), gguf_logits(result.path, tokens))
     assert check_stats["rel"] < 2e-3 and check_stats["top1"] == 1.0, check_stats
+
+
+@pytest.mark.parametrize("where", ["chat_template.jinja", "tokenizer_config.json"])
+def test_chat_template_is_carried_into_the_gguf_and_used(tmp_path, tmp_path_factory, where):
+    """The checkpoint's chat template lands in tokenizer.chat_template; the runtime then renders with it."""
+    from conftest import DATA
+    from gguf import GGUFReader
+
+    from edge_runtime import load_model
+    from edge_runtime.chat_format import GemmaFormat, JinjaFormat, Message
+    from edge_runtime.conversion import convert_checkpoint
+
+    template = (DATA / "google-gemma-2-2b-it.jinja").read_text()
+    src = tiny_checkpoint(tmp_path_factory, "gemma3")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for f in src.iterdir():
+        if f.name not in (".done", "tokenizer_config.json", "chat_template.jinja", "chat_template.json"):
+            (ckpt / f.name).symlink_to(f)
+    tok_config = json.loads((src / "tokenizer_config.json").read_text()) if (src / "tokenizer_config.json").is_file() else {}
+    if where == "chat_template.jinja":
+        (ckpt / where).write_text(template)
+    else:
+        tok_config["chat_template"] = template
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(tok_config))
+
+    result = convert_checkpoint(ckpt, tmp_path / "o.gguf", "f32", progress=False)
+    assert result.manifest["tokenizer"]["chat_template"] is True
+    assert GGUFReader(result.path).fields["tokenizer.chat_template"].contents() == template
+    with load_model(result.path, n_ctx=256) as model:
+        assert isinstance(model.chat_format, JinjaFormat)
+        msgs = [Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello!"), Message("user", "2+2?")]
+        assert model.chat_format.render(msgs) == GemmaFormat().render(msgs)
