@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from typing import Any
 
@@ -109,6 +110,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device-rate", type=int, help="open the device at this rate (default: its native rate)")
     g.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     g.add_argument("--replay", metavar="FILE", help="play FILE in real time instead of a microphone")
+    g.add_argument("--push-to-talk", action="store_true",
+                   help="Enter starts an utterance and Enter ends it, instead of voice activity detection")
 
 
 def _list_devices() -> int:
@@ -131,14 +134,28 @@ def _live(args: argparse.Namespace, engine, source):
                             partial_interval=getattr(args, "partial_interval", 0.0),
                             segmenter=_segmenter_settings(args))
     mic = Microphone(source)
+    if args.push_to_talk:
+        from edge_runtime.audio.push_to_talk import PushToTalkTranscriber, TalkButton
+
+        button = TalkButton()
+        sys.stderr.write("[push to talk: Enter to start speaking, Enter again to stop]\n")
+        threading.Thread(target=_enter_toggles, args=(button,), name="push-to-talk", daemon=True).start()
+        return mic, PushToTalkTranscriber(mic, engine, button, settings)
     return mic, LiveTranscriber(mic, engine, settings)
 
 
-def _report_input(mic, live) -> None:
+def _enter_toggles(button) -> None:
+    """Each line on stdin (Enter) presses or releases the talk key; end of input closes it."""
+    for _line in sys.stdin:
+        sys.stderr.write("[recording; Enter to stop]\n" if button.toggle() else "[stopped]\n")
+    button.close()
+
+
+def _report_input(mic, live, n_final: int) -> None:
     lat = live.latencies
-    summary = f"[{len(lat)} utterance(s)"
+    summary = f"[{n_final} utterance(s)"
     if lat:
-        summary += f", end-of-speech to text: mean {sum(lat) / len(lat):.2f} s, max {max(lat):.2f} s"
+        summary += f", end of speech (or key release) to text: mean {sum(lat) / len(lat):.2f} s, max {max(lat):.2f} s"
     summary += f"; overflows {mic.overflows}, dropped blocks {mic.dropped_blocks}]"
     print(summary, file=sys.stderr)
 
@@ -156,10 +173,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
             model = _load_text_model(args)
             translator = CascadeTranslator(model, TranslateSettings(args.translate_to))
         mic, live = _live(args, engine, source)
+        n_final = 0
         print(f"[listening: {source.name}, {source.sample_rate} Hz -> 16 kHz; Ctrl-C to stop]", file=sys.stderr)
         try:
             with mic:
                 for event in live.run():
+                    n_final += event.kind == "final"
                     if event.kind == "partial":
                         if sys.stdout.isatty():
                             print(f"\r\x1b[2K… {event.text}", end="", flush=True)
@@ -173,7 +192,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
                         print(f"  -> {translator.translate(event.text)}", flush=True)
         except KeyboardInterrupt:
             pass
-        _report_input(mic, live)
+        _report_input(mic, live, n_final)
     finally:
         engine.close()
         if model is not None:
@@ -195,12 +214,14 @@ def cmd_assistant(args: argparse.Namespace) -> int:
         chat = ChatSession(model, args.system,
                            settings=GenerationSettings(max_tokens=args.max_tokens, temperature=args.temperature))
         mic, live = _live(args, engine, source)
+        n_final = 0
         print(f"[assistant listening: {source.name}; Ctrl-C to stop]", file=sys.stderr)
         try:
             with mic:
                 for event in live.run():
                     if event.kind != "final":
                         continue
+                    n_final += 1
                     print(f"you: {event.text}", flush=True)
                     print("gemma: ", end="", flush=True)
                     with chat.send(event.text) as reply:
@@ -209,7 +230,7 @@ def cmd_assistant(args: argparse.Namespace) -> int:
                     print(flush=True)
         except KeyboardInterrupt:
             pass
-        _report_input(mic, live)
+        _report_input(mic, live, n_final)
     finally:
         engine.close()
         if model is not None:
