@@ -227,3 +227,43 @@ def check(stats: dict, outtype: str) -> None:
         assert stats["top1"] == tol["top1"], stats
     if "kl" in tol:
         assert stats["kl"] < tol["kl"], stats
+
+
+def tiny_gemma3_vision_checkpoint(tmp_path_factory, *, tokens_per_image: int = 16) -> Path:
+    """A tiny random Gemma3ForConditionalGeneration: the tiny Gemma 3 text model plus a 2-layer SigLIP
+    tower on 64x64 images with 4x4 patches (a 16x16 grid pooled to `tokens_per_image` tokens)."""
+    import torch
+    import transformers
+
+    path, done = cache_dir(tmp_path_factory, f"tiny-gemma3-vision-{tokens_per_image}")
+    if done:
+        return path
+    text_src = tiny_checkpoint(tmp_path_factory, "gemma3")
+    text = {k: v for k, v in json.loads((text_src / "config.json").read_text()).items()
+            if k not in ("architectures", "model_type", "transformers_version", "dtype", "torch_dtype")}
+    vision = transformers.SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=2, image_size=64, patch_size=4, layer_norm_eps=1e-6)
+    config = transformers.Gemma3Config(text_config=transformers.Gemma3TextConfig(**text), vision_config=vision,
+                                       mm_tokens_per_image=tokens_per_image, image_token_index=262144)
+    torch.manual_seed(0)
+    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    _randomize(model, 0)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(text_src / f, path / f)
+    mark_done(path)
+    return path
+
+
+def hf_image_features(checkpoint: Path, rgb: np.ndarray) -> np.ndarray:
+    """transformers' projected image embeddings for a [H, W, 3] uint8 image already at the tower's size."""
+    import torch
+    import transformers
+
+    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    pixels = torch.tensor((rgb.astype(np.float32) / 255 - 0.5) / 0.5).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=pixels)
+    out = getattr(out, "pooler_output", out)
+    return out.reshape(-1, out.shape[-1]).float().numpy()

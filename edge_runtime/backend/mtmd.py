@@ -1,8 +1,8 @@
 """llama.cpp's multimodal library (mtmd) through llama-cpp-python: the one place that calls it.
 
 A `MultimodalProjector` pairs a projector GGUF (mmproj) with an already loaded
-text model. It encodes audio into embeddings in the text model's space and
-evaluates prompts that mix text and audio into a `LlamaContext`.
+text model. It encodes audio (and images) into embeddings in the text model's
+space and evaluates prompts that mix text and audio into a `LlamaContext`.
 """
 
 from __future__ import annotations
@@ -190,15 +190,12 @@ class MultimodalProjector:
             arr = np.concatenate([arr, np.zeros(_MIN_SAMPLES - tail, dtype=np.float32)])
         return arr
 
-    def _tokenize(self, chunks: _Chunks, text: str, samples: np.ndarray, *, add_special: bool) -> None:
+    def _tokenize(self, chunks: _Chunks, text: str, bitmap, *, add_special: bool) -> None:
+        """Tokenize `text` around one media bitmap (freed here, whatever happens)."""
         marker = default_marker()
-        if text.count(marker) != 1:
-            raise InvalidArgumentError(f"the prompt must contain the media marker {marker!r} exactly once")
-        data = samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        bitmap = mt.mtmd_bitmap_init_from_audio(samples.size, data)
-        if not bitmap:
-            raise AudioError("mtmd could not take the audio samples")
         try:
+            if text.count(marker) != 1:
+                raise InvalidArgumentError(f"the prompt must contain the media marker {marker!r} exactly once")
             encoded = text.encode("utf-8")
             inp = mt.mtmd_input_text(encoded, len(encoded), add_special, True)
             bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
@@ -208,7 +205,32 @@ class MultimodalProjector:
             mt.mtmd_bitmap_free(bitmap)
         if status != 0:
             reasons = "; ".join(recent_llama_errors()) or f"status {status}"
-            raise AudioError(f"mtmd could not tokenize the audio prompt: {reasons}")
+            raise GenerationError(f"mtmd could not tokenize the media prompt: {reasons}")
+
+    @staticmethod
+    def _audio_bitmap(samples: np.ndarray):
+        bitmap = mt.mtmd_bitmap_init_from_audio(samples.size, samples.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        if not bitmap:
+            raise AudioError("mtmd could not take the audio samples")
+        return bitmap
+
+    def _encode(self, chunks: _Chunks, chunk_type: int, what: str) -> np.ndarray:
+        """Run the encoder on every chunk of `chunk_type`: [n_tokens, n_embd] float32."""
+        parts = []
+        for i in range(len(chunks)):
+            chunk = chunks.get(i)
+            if mt.mtmd_input_chunk_get_type(chunk) != chunk_type:
+                continue
+            n_tokens = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
+            recent_llama_errors()
+            if mt.mtmd_encode_chunk(self.ptr, chunk) != 0:
+                reasons = "; ".join(recent_llama_errors()) or "no reason given"
+                raise GenerationError(f"mtmd failed to encode {what}: {reasons}")
+            out = mt.mtmd_get_output_embd(self.ptr)
+            parts.append(np.ctypeslib.as_array(out, shape=(n_tokens, self.n_embd)).copy())
+        if not parts:
+            raise GenerationError(f"mtmd produced no {what} chunk")
+        return np.concatenate(parts, axis=0)
 
     def encode_audio(self, samples: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         """The projector's embeddings for mono float samples: [n_tokens, n_embd] float32.
@@ -216,29 +238,33 @@ class MultimodalProjector:
         Audio longer than 30 s is encoded in 30 s pieces (mtmd's own split) and concatenated.
         """
         arr = self._check_samples(samples, sample_rate)
-        parts = []
         with _Chunks() as chunks:
-            self._tokenize(chunks, default_marker(), arr, add_special=False)
-            for i in range(len(chunks)):
-                chunk = chunks.get(i)
-                if mt.mtmd_input_chunk_get_type(chunk) != mt.MTMD_INPUT_CHUNK_TYPE_AUDIO:
-                    continue
-                n_tokens = int(mt.mtmd_input_chunk_get_n_tokens(chunk))
-                recent_llama_errors()
-                if mt.mtmd_encode_chunk(self.ptr, chunk) != 0:
-                    reasons = "; ".join(recent_llama_errors()) or "no reason given"
-                    raise GenerationError(f"mtmd failed to encode audio: {reasons}")
-                out = mt.mtmd_get_output_embd(self.ptr)
-                parts.append(np.ctypeslib.as_array(out, shape=(n_tokens, self.n_embd)).copy())
-        if not parts:
-            raise AudioError("mtmd produced no audio chunk for these samples")
-        return np.concatenate(parts, axis=0)
+            self._tokenize(chunks, default_marker(), self._audio_bitmap(arr), add_special=False)
+            return self._encode(chunks, mt.MTMD_INPUT_CHUNK_TYPE_AUDIO, "audio")
+
+    def encode_image(self, rgb: np.ndarray) -> np.ndarray:
+        """The projector's embeddings for an RGB image ([height, width, 3] uint8): [n_tokens, n_embd].
+
+        mtmd resizes and normalizes the image the way the model's preprocessor does.
+        """
+        if not self.supports_vision:
+            raise UnsupportedModelError(f"{self.path} has no vision encoder")
+        arr = np.asarray(rgb)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
+            raise InvalidArgumentError(f"an image must be a [height, width, 3] uint8 RGB array, got {arr.dtype} {arr.shape}")
+        arr = np.ascontiguousarray(arr)
+        bitmap = mt.mtmd_bitmap_init(arr.shape[1], arr.shape[0], arr.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte)))
+        if not bitmap:
+            raise InvalidArgumentError("mtmd could not take the image")
+        with _Chunks() as chunks:
+            self._tokenize(chunks, default_marker(), bitmap, add_special=False)
+            return self._encode(chunks, mt.MTMD_INPUT_CHUNK_TYPE_IMAGE, "the image")
 
     def count_audio_tokens(self, text: str, samples: np.ndarray, sample_rate: int | None = None) -> int:
         """Positions the prompt (text and audio) will take in the context."""
         arr = self._check_samples(samples, sample_rate)
         with _Chunks() as chunks:
-            self._tokenize(chunks, text, arr, add_special=True)
+            self._tokenize(chunks, text, self._audio_bitmap(arr), add_special=True)
             return int(mt.mtmd_helper_get_n_pos(chunks.ptr))
 
     def eval_prompt_with_audio(self, ctx: LlamaContext, text: str, samples: np.ndarray, *,
@@ -249,7 +275,7 @@ class MultimodalProjector:
         """
         arr = self._check_samples(samples, sample_rate)
         with _Chunks() as chunks:
-            self._tokenize(chunks, text, arr, add_special=add_special)
+            self._tokenize(chunks, text, self._audio_bitmap(arr), add_special=add_special)
             n_pos = int(mt.mtmd_helper_get_n_pos(chunks.ptr))
             if n_past + n_pos > ctx.n_ctx:
                 raise InvalidArgumentError(

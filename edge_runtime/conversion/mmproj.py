@@ -1,21 +1,15 @@
-"""Gemma 4 audio projector (mmproj) GGUF from a Hugging Face checkpoint folder.
+"""Multimodal projector (mmproj) GGUF files from a Hugging Face checkpoint folder.
 
-Writes the audio half of llama.cpp's multimodal projector for Gemma 4 E2B/E4B
-(`clip.audio.projector_type = gemma4a`): the conformer audio tower plus the
-`embed_audio` projection into the text model's embedding space. The vision
-tower is not written (the runtime only uses audio from the projector).
+llama.cpp's mtmd loads a model's encoders from a separate "clip" GGUF. Two
+are written here, each mapped in its own module:
+- Gemma 4 E2B/E4B audio (`mmproj_audio.py`, projector `gemma4a`);
+- Gemma 3 vision, SigLIP (`mmproj_vision.py`, projector `gemma3`).
+Gemma 3n's audio encoder does not run in this llama.cpp.
 
 Torch-free: tensors come one at a time from memory-mapped safetensors shards
 (`conversion.checkpoint.Checkpoint`, which also reads bf16), are converted and
-written straight to the file. The output appears
-atomically (temporary file, then os.replace).
-
-Contract (llama.cpp `conversion/gemma.py` Gemma4VisionAudioModel and
-`tools/mtmd/clip.cpp` PROJECTOR_TYPE_GEMMA4A):
-- `model.audio_tower.*` -> `a.*`, `model.embed_audio.embedding_projection` -> `mm.a.input_projection`;
-- `per_dim_scale` is stored after softplus, depthwise conv `[C, 1, K]` as `[C, K]`;
-- ClippableLinear clamp scalars (`input_min` ...) as 1-D tensors of one F32 value;
-- subsampling convolutions and the depthwise conv stay F32.
+written straight to the file, which appears atomically (temporary file, then
+os.replace) after a free-space check.
 """
 
 from __future__ import annotations
@@ -24,11 +18,10 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -53,142 +46,19 @@ _FILE_TYPES = {
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
 }
 
-_CLAMP_SUFFIXES = ("input_min", "input_max", "output_min", "output_max")
-
-# Per-layer names of the conformer block: HF (after dropping ".linear") -> GGUF.
-# Note the crossed names: HF `lconv1d.pre_layer_norm` is GGUF `conv_norm` and
-# `lconv1d.conv_norm` is `norm_conv` (clip.cpp loads them the other way round on purpose).
-_LAYER_NAMES = {
-    "feed_forward1.ffw_layer_1": "ffn_up",
-    "feed_forward1.ffw_layer_2": "ffn_down",
-    "feed_forward1.pre_layer_norm": "ffn_norm",
-    "feed_forward1.post_layer_norm": "ffn_post_norm",
-    "feed_forward2.ffw_layer_1": "ffn_up_1",
-    "feed_forward2.ffw_layer_2": "ffn_down_1",
-    "feed_forward2.pre_layer_norm": "ffn_norm_1",
-    "feed_forward2.post_layer_norm": "ffn_post_norm_1",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.post": "attn_out",
-    "self_attn.relative_k_proj": "attn_k_rel",
-    "self_attn.per_dim_scale": "per_dim_scale",
-    "self_attn.per_dim_key_scale": "per_dim_k_scale",
-    "lconv1d.linear_start": "conv_pw1",
-    "lconv1d.linear_end": "conv_pw2",
-    "lconv1d.depthwise_conv1d": "conv_dw",
-    "lconv1d.pre_layer_norm": "conv_norm",
-    "lconv1d.conv_norm": "norm_conv",
-    "norm_pre_attn": "attn_pre_norm",
-    "norm_post_attn": "attn_post_norm",
-    "norm_out": "ln2",
-}
-_GLOBAL_NAMES = {
-    "subsample_conv_projection.layer0.conv": "a.conv1d.0",
-    "subsample_conv_projection.layer0.norm": "a.conv1d.0.norm",
-    "subsample_conv_projection.layer1.conv": "a.conv1d.1",
-    "subsample_conv_projection.layer1.norm": "a.conv1d.1.norm",
-    "subsample_conv_projection.input_proj_linear": "a.input_projection",
-    "output_proj": "a.pre_encode.out",
-}
-_LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)$")
-
 
 @dataclass(frozen=True)
-class AudioProjectorInfo:
-    """What the converter reads from config.json."""
-
-    model_type: str
-    n_embd_text: int
-    hidden_size: int
-    n_layer: int
-    n_head: int
-    n_mel_bins: int
-    eps: float
+class PlannedTensor:
+    hf_name: str
+    name: str
+    ref: TensorRef
+    shape: tuple[int, ...]  # after the transform, numpy order
+    qtype: gguf.GGMLQuantizationType
 
 
-# --------------------------------------------------------------------------- config
-
-
-def read_audio_config(src: Path) -> AudioProjectorInfo:
-    """The audio tower's settings, or a ConversionError naming config.json."""
-    config_path = src / "config.json"
-    if not config_path.is_file():
-        raise ConversionError(f"{src} has no config.json: not a Hugging Face checkpoint folder")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"cannot read {config_path}: {exc}") from None
-    model_type = str(config.get("model_type", ""))
-    if model_type.startswith("gemma3n"):
-        raise ConversionError(
-            f"{config_path}: Gemma 3n's audio encoder does not run in this llama.cpp "
-            "(mtmd loads only Gemma 3n's vision tower); use a Gemma 4 E2B/E4B checkpoint for audio"
-        )
-    audio = config.get("audio_config")
-    if not isinstance(audio, dict) or not audio:
-        raise ConversionError(
-            f"{config_path} has no audio_config: this checkpoint ({model_type or 'unknown model type'}) "
-            "has no audio tower; audio needs Gemma 4 E2B or E4B"
-        )
-    if not model_type.startswith("gemma4"):
-        raise ConversionError(f"{config_path}: model_type {model_type!r} is not Gemma 4; only Gemma 4 audio is supported")
-    text = config.get("text_config") or {}
-    n_embd_text = text.get("hidden_size", config.get("hidden_size"))
-    try:
-        return AudioProjectorInfo(
-            model_type=model_type,
-            n_embd_text=int(n_embd_text),
-            hidden_size=int(audio.get("hidden_size", 1024)),
-            n_layer=int(audio.get("num_hidden_layers", 12)),
-            n_head=int(audio.get("num_attention_heads", 8)),
-            n_mel_bins=int(audio.get("input_feat_size", 128)),
-            eps=float(audio.get("rms_norm_eps", 1e-6)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConversionError(f"{config_path}: invalid audio or text settings ({exc})") from None
-
-
-# --------------------------------------------------------------------------- tensor plan
-
-
-def gguf_name(hf_name: str) -> str | None:
-    """The GGUF name of one HF audio tensor, None for tensors the projector does not use."""
-    if hf_name == "model.embed_audio.embedding_projection.weight":
-        return "mm.a.input_projection.weight"
-    if not hf_name.startswith("model.audio_tower."):
-        return None
-    name = hf_name[len("model.audio_tower.") :].replace(".linear.", ".")
-    base, _, suffix = name.rpartition(".")
-    if suffix in ("per_dim_scale", "per_dim_key_scale"):  # bare parameters: stored as "<name>.weight"
-        base, suffix = name, "weight"
-    if suffix not in ("weight", "bias") + _CLAMP_SUFFIXES:
-        return None
-    match = _LAYER_RE.match(base)
-    if match:
-        mapped = _LAYER_NAMES.get(match.group(2))
-        return f"a.blk.{match.group(1)}.{mapped}.{suffix}" if mapped else None
-    mapped = _GLOBAL_NAMES.get(base)
-    return f"{mapped}.{suffix}" if mapped else None
-
-
-def _transform(hf_name: str, data: np.ndarray) -> np.ndarray:
-    if data.ndim == 0:  # clamp scalars: clip.cpp reads them as 1-D F32 tensors
-        data = data.reshape(1)
-    if hf_name.endswith("per_dim_scale") or hf_name.endswith("per_dim_key_scale"):
-        data = np.logaddexp(0.0, data).astype(np.float32)  # softplus, numerically stable
-    if "lconv1d.depthwise_conv1d" in hf_name and hf_name.endswith(".weight"):
-        if data.ndim != 3 or data.shape[1] != 1:
-            raise ConversionError(f"{hf_name}: expected a depthwise conv weight [C, 1, K], got {list(data.shape)}")
-        data = data.reshape(data.shape[0], data.shape[2])
-    return data
-
-
-def _target_type(hf_name: str, shape: tuple[int, ...], outtype: str) -> gguf.GGMLQuantizationType:
+def weight_type(shape: tuple[int, ...], outtype: str) -> gguf.GGMLQuantizationType:
+    """Vectors stay F32; matrices follow the output type (F16 where Q8_0 blocks do not fit a row)."""
     if len(shape) <= 1:
-        return gguf.GGMLQuantizationType.F32
-    # The subsampling convolutions, their projection and the depthwise conv stay F32 (as llama.cpp writes them).
-    if "subsample_conv_projection" in hf_name or "depthwise_conv1d" in hf_name:
         return gguf.GGMLQuantizationType.F32
     qtype = OUTTYPES[outtype]
     if qtype == gguf.GGMLQuantizationType.Q8_0 and shape[-1] % 32 != 0:
@@ -204,36 +74,22 @@ def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
 
 
-@dataclass(frozen=True)
-class _PlannedTensor:
-    hf_name: str
-    name: str
-    ref: TensorRef
-    shape: tuple[int, ...]  # after the transform, numpy order
-    qtype: gguf.GGMLQuantizationType
-
-
-def _plan(tensors: dict[str, TensorRef], outtype: str) -> list[_PlannedTensor]:
-    plan = []
-    for hf_name in sorted(tensors):
-        name = gguf_name(hf_name)
-        if name is None:
-            continue
-        ref = tensors[hf_name]
-        shape = ref.shape or (1,)
-        if "lconv1d.depthwise_conv1d" in hf_name and len(shape) == 3:
-            shape = (shape[0], shape[2])
-        qtype = _target_type(hf_name, shape, outtype)
-        plan.append(_PlannedTensor(hf_name, name, ref, shape, qtype))
-    return plan
-
-
 def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     return math.prod(shape) // block * type_size
 
 
-# --------------------------------------------------------------------------- convert
+def _read_config(src: Path) -> tuple[dict, Path]:
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise ConversionError(f"{src} has no config.json: not a Hugging Face checkpoint folder")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"cannot read {config_path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{config_path} is not a JSON object")
+    return config, config_path
 
 
 def convert_mmproj(
@@ -243,49 +99,53 @@ def convert_mmproj(
     *,
     progress: bool = True,
 ) -> Path:
-    """Write the Gemma 4 audio projector GGUF of checkpoint folder `src` to `out`.
+    """Write the projector GGUF of checkpoint folder `src` to `out`: Gemma 4 audio or Gemma 3 vision.
 
     outtype: f32, f16 (default), bf16 or q8_0 for the 2-D weights; norms,
-    scalars and convolutions are always F32. Returns the output path.
+    scalars, convolutions and embeddings stay F32. Returns the output path.
     """
+    from edge_runtime.conversion import mmproj_audio, mmproj_vision
+
     src = Path(src)
     out = Path(out)
     if outtype not in OUTTYPES:
         raise ConversionError(f"unknown outtype {outtype!r}; use one of {', '.join(OUTTYPES)}")
     if not src.is_dir():
         raise ConversionError(f"checkpoint folder {src} does not exist")
-    info = read_audio_config(src)
+    config, config_path = _read_config(src)
+    model_type = str(config.get("model_type", ""))
+    if model_type.startswith("gemma3") and not model_type.startswith("gemma3n"):
+        kind, info = mmproj_vision, mmproj_vision.read_config(config, config_path)
+    else:  # Gemma 4 audio; Gemma 3n and the rest are refused there with the reason
+        kind, info = mmproj_audio, mmproj_audio.read_config(config, config_path)
     with Checkpoint(src) as ckpt:
-        return _convert(ckpt, info, out, outtype, progress)
+        plan = kind.plan(ckpt.tensors, info, src, outtype)
+
+        def metadata(writer: gguf.GGUFWriter) -> None:
+            writer.add_type(gguf.GGUFType.MMPROJ)
+            writer.add_name(f"{src.name} {kind.KIND} projector")
+            writer.add_file_type(_FILE_TYPES[outtype])
+            kind.write_metadata(writer, info)
+
+        return _write(out, plan, metadata, kind.transform, progress, f"the {kind.KIND} projector {out.name}")
 
 
-def _convert(ckpt: Checkpoint, info: AudioProjectorInfo, out: Path, outtype: str, progress: bool) -> Path:
-    src = ckpt.dir
-    tensors = ckpt.tensors
-    plan = _plan(tensors, outtype)
-    if not any(p.hf_name.startswith("model.audio_tower.") for p in plan):
-        raise ConversionError(f"{src}: config.json declares an audio tower but no model.audio_tower.* tensors were found")
-    missing = [n for n in ("model.embed_audio.embedding_projection.weight",) if n not in tensors]
-    if missing:
-        raise ConversionError(f"{src}: missing tensor(s) {', '.join(missing)}")
-    for i in range(info.n_layer):
-        if f"a.blk.{i}.attn_q.weight" not in {p.name for p in plan}:
-            raise ConversionError(f"{src}: audio layer {i} of {info.n_layer} (config.json) has no tensors")
-
+def _write(out: Path, plan: list[PlannedTensor], metadata: Callable[[gguf.GGUFWriter], None],
+           transform: Callable[[str, np.ndarray], np.ndarray], progress: bool, what: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    check_free_space(out.parent, sum(_nbytes(p.shape, p.qtype) for p in plan) + (1 << 20), f"the audio projector {out.name}")
+    check_free_space(out.parent, sum(_nbytes(p.shape, p.qtype) for p in plan) + (1 << 20), what)
     try:
         with atomic_path(out) as tmp:
             writer = gguf.GGUFWriter(tmp, "clip")
             try:
-                _write_metadata(writer, info, src, outtype)
+                metadata(writer)
                 for p in plan:
                     writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32), _nbytes(p.shape, p.qtype), raw_dtype=p.qtype)
                 writer.write_header_to_file()
                 writer.write_kv_data_to_file()
                 writer.write_ti_data_to_file()
                 for i, p in enumerate(plan, 1):
-                    encoded = _encode(_transform(p.hf_name, p.ref.to_f32()), p.qtype)
+                    encoded = _encode(transform(p.hf_name, p.ref.to_f32()), p.qtype)
                     if encoded.nbytes != _nbytes(p.shape, p.qtype):
                         raise ConversionError(f"internal error: {p.name} encoded to {encoded.nbytes} bytes")
                     writer.write_tensor_data(encoded)
@@ -299,29 +159,3 @@ def _convert(ckpt: Checkpoint, info: AudioProjectorInfo, out: Path, outtype: str
         raise ConversionError(f"cannot write {out}: {exc}") from None
     log.info("wrote %s (%d tensors)", out, len(plan))
     return out
-
-
-def _write_metadata(writer: gguf.GGUFWriter, info: AudioProjectorInfo, src: Path, outtype: str) -> None:
-    writer.add_type(gguf.GGUFType.MMPROJ)
-    writer.add_name(f"{src.name} audio projector")
-    writer.add_file_type(_FILE_TYPES[outtype])
-    writer.add_bool("clip.has_vision_encoder", False)
-    writer.add_bool("clip.has_audio_encoder", True)
-    writer.add_string("clip.audio.projector_type", "gemma4a")
-    writer.add_uint32("clip.audio.projection_dim", info.n_embd_text)
-    writer.add_uint32("clip.audio.embedding_length", info.hidden_size)
-    writer.add_uint32("clip.audio.feed_forward_length", info.hidden_size * 4)
-    writer.add_uint32("clip.audio.block_count", info.n_layer)
-    writer.add_uint32("clip.audio.attention.head_count", info.n_head)
-    writer.add_float32("clip.audio.attention.layer_norm_epsilon", info.eps)
-    writer.add_uint32("clip.audio.num_mel_bins", info.n_mel_bins)
-
-
-def iter_audio_tensor_names(src: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
-    """(HF name, GGUF name) pairs the converter would write (for inspection and tests)."""
-    with Checkpoint(Path(src)) as ckpt:
-        names = sorted(ckpt.tensors)
-    for hf_name in names:
-        name = gguf_name(hf_name)
-        if name is not None:
-            yield hf_name, name

@@ -1,4 +1,4 @@
-"""`edge-runtime convert-mmproj`: the Gemma 4 audio projector GGUF from a checkpoint.
+"""`edge-runtime convert-mmproj`: a multimodal projector GGUF (Gemma 4 audio, Gemma 3 vision) from a checkpoint.
 
 Registered by `conversion.cli.register`.
 """
@@ -13,15 +13,16 @@ import sys
 def register_mmproj(subparsers) -> None:
     p = subparsers.add_parser(
         "convert-mmproj",
-        help="write the Gemma 4 E2B/E4B audio projector (mmproj) GGUF from a Hugging Face checkpoint",
-        description="Write the audio projector GGUF (clip.audio.projector_type gemma4a) of a Gemma 4 E2B/E4B "
-        "checkpoint folder, for the gemma speech engine (--model TEXT.gguf --mmproj MMPROJ.gguf). "
-        "Gemma 3n audio does not run in this llama.cpp.",
+        help="write the multimodal projector (mmproj) GGUF: Gemma 4 E2B/E4B audio or Gemma 3 vision",
+        description="Write the projector GGUF that llama.cpp's mtmd loads next to the text model: the audio "
+        "encoder of a Gemma 4 E2B/E4B checkpoint (clip.audio.projector_type gemma4a, for the gemma speech engine: "
+        "--model TEXT.gguf --mmproj MMPROJ.gguf) or the SigLIP vision tower of a Gemma 3 4B/12B/27B checkpoint "
+        "(clip.projector_type gemma3). Gemma 3n audio does not run in this llama.cpp.",
     )
     p.add_argument("src", help="checkpoint folder, or a Hugging Face repo id (owner/name)")
     p.add_argument("-o", "--output", required=True, help="output .gguf path")
     p.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
-                   help="type of the weight matrices (default f16); norms, scalars and convolutions stay f32")
+                   help="type of the weight matrices (default f16); norms, scalars, convolutions and embeddings stay f32")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_convert_mmproj)
