@@ -1,4 +1,4 @@
-"""`edge-runtime generate | chat | info`: thin commands over the runtime library."""
+"""`edge-runtime generate | chat | serve | info`: thin commands over the runtime library."""
 
 from __future__ import annotations
 
@@ -208,11 +208,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_sampling_options(p)
     p.set_defaults(func=cmd_chat)
 
+    p = subparsers.add_parser("serve", help="a local OpenAI-compatible server (/v1/chat/completions, ...)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
+    p.add_argument("--model-id", help="model name reported to clients (default: the GGUF's name)")
+    p.add_argument("-n", "--max-tokens", type=int, default=512, help="default and upper bound of max_tokens")
+    add_model_options(p)
+    p.set_defaults(func=cmd_serve)
+
     p = subparsers.add_parser("info", help="model metadata, chosen settings and CPU features")
     p.add_argument("model_path", nargs="?", metavar="MODEL", help="GGUF file (default: the embedded model)")
     add_model_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: cmd_info(_merge_model(a)))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edge_runtime.model import load_model
+    from edge_runtime.server import OpenAIServer, ServerSettings
+
+    settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key, model_id=args.model_id,
+                              max_tokens=args.max_tokens)
+    with load_model(args.model, runtime_settings(args)) as model, OpenAIServer(model, settings) as server:
+        print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",
+              file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def _merge_model(args: argparse.Namespace) -> argparse.Namespace:
