@@ -164,6 +164,7 @@ class OpenAIServer:
         self._lock = threading.Lock()  # one generation at a time
         self._thread: threading.Thread | None = None
         self._active: set[Stream] = set()  # generations in flight, cancelled by close()
+        self._closed = False  # set under the lock: no generation starts once the model may be freed
         handler = type("Handler", (_Handler,), {"app": self})
         try:
             self.httpd = ThreadingHTTPServer((self.settings.host, self.settings.port), handler)
@@ -171,9 +172,9 @@ class OpenAIServer:
             raise InvalidArgumentError(
                 f"cannot listen on {self.settings.host}:{self.settings.port} ({exc.strerror}); choose another --port"
             ) from None
-        # server_close() joins the request threads, so the model outlives every generation.
-        self.httpd.daemon_threads = False
-        self.httpd.block_on_close = True
+        # Request threads may idle on keep-alive connections: close() does not wait for them, it waits
+        # for the generation lock instead (see close), so no thread touches the model afterwards.
+        self.httpd.daemon_threads = True
 
     @property
     def url(self) -> str:
@@ -189,13 +190,19 @@ class OpenAIServer:
         return self
 
     def close(self) -> None:
-        """Stop accepting requests, cancel the generations in flight and wait for their threads."""
+        """Stop accepting requests, cancel the generation in flight and wait for it to end.
+
+        Afterwards no request touches the model (late ones on open connections get 503), so the
+        model can be closed.
+        """
         if self._thread is not None:
             self.httpd.shutdown()
             self._thread.join()
             self._thread = None
         for stream in list(self._active):
             stream.cancel()
+        with self._lock:
+            self._closed = True
         self.httpd.server_close()
 
     def __enter__(self) -> "OpenAIServer":
@@ -291,6 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._body()
             with self.app._lock:
+                if self.app._closed:
+                    self._error(HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down", "server_error")
+                    return
                 stream = start(body)
                 self.app._active.add(stream)
                 try:

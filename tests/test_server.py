@@ -228,3 +228,28 @@ def test_port_in_use_is_a_clear_error(served):
     with pytest.raises(InvalidArgumentError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
         OpenAIServer(model, ServerSettings(port=port))
     assert call(server, "/health")[0] == 200
+
+
+def test_close_cancels_the_generation_and_refuses_late_requests(served):
+    """close() returns with a stream in flight and an idle keep-alive connection open; afterwards
+    nothing reaches the model (the model can be freed safely)."""
+    model, _ = served
+    server = OpenAIServer(model, ServerSettings(port=0)).start()
+    host, port = server.httpd.server_address[:2]
+    idle = http.client.HTTPConnection(host, port, timeout=60)
+    idle.request("GET", "/health")
+    assert idle.getresponse().read() and idle.sock is not None  # kept alive
+    busy = http.client.HTTPConnection(host, port, timeout=60)
+    busy.request("POST", "/v1/completions", json.dumps({"prompt": "Once upon a time", "max_tokens": 200,
+                                                        "temperature": 0, "stream": True}))
+    resp = busy.getresponse()
+    assert resp.readline().startswith(b"data: ")
+    server.close()
+    rest = resp.read().decode()  # the generation was cancelled: the stream ends early
+    last = json.loads([line for line in rest.splitlines() if line.startswith("data: {")][-1][6:])
+    assert last["usage"]["completion_tokens"] < 200
+    idle.request("POST", "/v1/completions", json.dumps({"prompt": "Hello", "max_tokens": 2}))
+    late = idle.getresponse()
+    assert late.status == 503 and "shutting down" in json.loads(late.read())["error"]["message"]
+    idle.close()
+    busy.close()
