@@ -106,7 +106,9 @@ class ChatSession:
         self._stop_tokens = tuple(i for i in ids if i is not None)
         # Cutting at the turn marker is exact only where the vocabulary has it as one control token.
         marker = self.format.start_of_turn
-        self._turn_tokens = TurnTokenCache(model, marker if marker and model.llama.token_id(marker) is not None else "")
+        marker_id = model.llama.token_id(marker) if marker else None
+        exact = marker_id is not None and model.llama.is_control(marker_id)
+        self._turn_tokens = TurnTokenCache(model, marker if exact else "")
         self.messages: list[Message] = []
         self.system: str | None = None
         self._window_start = 0

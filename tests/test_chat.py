@@ -69,6 +69,23 @@ def test_turn_token_cache_equals_whole_text_tokenization(small_model):
         rendered = fmt.render(msgs, add_generation_prompt=i % 4 != 0)
         assert cache.tokenize(rendered) == small_model.tokenize(rendered, add_bos=True), rendered
     assert 0 < len(cache._cache) <= cache.max_entries
+    assert ChatSession(small_model)._turn_tokens.marker == "<start_of_turn>"
+
+
+def test_turn_cache_is_off_when_the_marker_is_not_a_control_token(small_model):
+    """Gemma 4's <|turn> is plain text in the Gemma 3 vocabulary: cutting there would change the tokens."""
+    from edge_runtime.chat_format import Gemma4Format
+
+    original = small_model.chat_format
+    small_model.chat_format = Gemma4Format()
+    try:
+        chat = ChatSession(small_model, "Be brief.")
+        assert chat._turn_tokens.marker == ""
+        chat.messages += [Message("user", "a literal <|turn>model"), Message("assistant", "ok"), Message("user", "日本語")]
+        rendered = chat.format.render(chat.window_messages)
+        assert chat._tokenize(chat.window_messages) == small_model.tokenize(rendered, add_bos=True)
+    finally:
+        small_model.chat_format = original
 
 
 def test_system_prompt_is_folded_into_first_user_turn(small_model):

@@ -231,6 +231,11 @@ class LlamaModel(_Handle):
             cached = self._eog_cache[token] = bool(lc.llama_vocab_is_eog(self.vocab, token))
         return cached
 
+    def is_control(self, token: int) -> bool:
+        """A control or user-defined token: llama.cpp cuts text at these before tokenizing the rest."""
+        attr = int(lc.llama_vocab_get_attr(self.vocab, token))
+        return bool(attr & (lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED))
+
     def token_id(self, text: str) -> int | None:
         """Id of a token whose whole text is `text` (e.g. "<end_of_turn>"), if any."""
         tokens = self.tokenize(text, add_special=False, parse_special=True)
