@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Iterator
 
-from edge_runtime.generate import CancelToken, GenerationSettings, Stream
+from edge_runtime.generate import GenerationSettings, Stream
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ disconnects mid-stream cancels its generation. Bound to 127.0.0.1 by default;
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
@@ -211,7 +212,7 @@ class OpenAIServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # the two generation endpoints: a Stream and a way to turn its result into the response body
+    # the two generation endpoints: a request body in, a Stream (consumed by the handler) out
     def completion(self, body: dict[str, Any]) -> Stream:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
@@ -254,7 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         key = self.app.settings.api_key
-        if key and self.headers.get("Authorization", "") != f"Bearer {key}":
+        given = self.headers.get("Authorization", "").encode()
+        if key and not hmac.compare_digest(given, f"Bearer {key}".encode()):  # constant time
             self._error(HTTPStatus.UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer KEY)",
                         "authentication_error")
             return False

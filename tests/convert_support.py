@@ -140,7 +140,6 @@ def tiny_checkpoint(tmp_path_factory, kind: str, *, dtype: str = "float32", seed
     model.save_pretrained(path, safe_serialization=True)
     if kind == "gemma4":
         shutil.copy(real_tokenizer_json(tmp_path_factory), path / "tokenizer.json")
-        cfg = json.loads((path / "config.json").read_text())
         tok_cfg = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True}
         (path / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     else:

@@ -15,7 +15,6 @@ Contract (llama.cpp `conversion/gemma.py` Gemma4VisionAudioModel and
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass

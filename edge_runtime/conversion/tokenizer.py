@@ -9,7 +9,6 @@ fixed schema), so neither sentencepiece nor protobuf is needed to convert.
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from dataclasses import dataclass, field
