@@ -16,6 +16,7 @@ map for MMPROJ and `tools/mtmd/models/siglip.cpp`):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +60,6 @@ def read_config(config: dict, config_path: Path) -> VisionProjectorInfo:
     prep_path = config_path.with_name("preprocessor_config.json")
     prep: dict = {}
     if prep_path.is_file():
-        import json
-
         try:
             prep = json.loads(prep_path.read_text())
         except (OSError, ValueError) as exc:
