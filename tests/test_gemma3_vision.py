@@ -134,6 +134,30 @@ def test_text_only_and_broken_checkpoints_are_refused(tmp_path, tmp_path_factory
     assert not list(tmp_path.glob("*.gguf"))
 
 
+def test_unreadable_configs_are_named(tmp_path, checkpoint):
+    from edge_runtime.conversion.mmproj import convert_mmproj
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConversionError, match="has no config.json: not a Hugging Face checkpoint folder"):
+        convert_mmproj(empty, tmp_path / "a.gguf", progress=False)
+    (empty / "config.json").write_text("{not json")
+    with pytest.raises(ConversionError, match="config.json: invalid JSON"):
+        convert_mmproj(empty, tmp_path / "a.gguf", progress=False)
+    (empty / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConversionError, match="config.json is not a JSON object"):
+        convert_mmproj(empty, tmp_path / "a.gguf", progress=False)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    (ckpt / "preprocessor_config.json").write_text("{\"image_mean\": ")
+    with pytest.raises(ConversionError, match="preprocessor_config.json: invalid JSON"):
+        convert_mmproj(ckpt, tmp_path / "b.gguf", progress=False)
+    (ckpt / "preprocessor_config.json").write_text("[]")
+    with pytest.raises(ConversionError, match="preprocessor_config.json is not a JSON object"):
+        convert_mmproj(ckpt, tmp_path / "b.gguf", progress=False)
+    assert not list(tmp_path.glob("*.gguf"))
+
+
 def test_cli_convert_mmproj_vision(tmp_path, checkpoint, capsys):
     from edge_runtime.cli import main
 

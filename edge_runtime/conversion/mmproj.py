@@ -14,7 +14,6 @@ os.replace) after a free-space check.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ import numpy as np
 
 import gguf
 
-from edge_runtime.conversion.checkpoint import Checkpoint, TensorRef
+from edge_runtime.conversion.checkpoint import Checkpoint, TensorRef, load_json
 from edge_runtime.conversion.writer import atomic_path, check_free_space
 from edge_runtime.errors import ConversionError
 
@@ -83,10 +82,7 @@ def _read_config(src: Path) -> tuple[dict, Path]:
     config_path = src / "config.json"
     if not config_path.is_file():
         raise ConversionError(f"{src} has no config.json: not a Hugging Face checkpoint folder")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"cannot read {config_path}: {exc}") from None
+    config = load_json(config_path)
     if not isinstance(config, dict):
         raise ConversionError(f"{config_path} is not a JSON object")
     return config, config_path

@@ -16,7 +16,6 @@ map for MMPROJ and `tools/mtmd/models/siglip.cpp`):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 import gguf
 
-from edge_runtime.conversion.checkpoint import TensorRef
+from edge_runtime.conversion.checkpoint import TensorRef, load_json
 from edge_runtime.conversion.mmproj import PlannedTensor, weight_type
 from edge_runtime.errors import ConversionError
 
@@ -58,12 +57,9 @@ def read_config(config: dict, config_path: Path) -> VisionProjectorInfo:
         )
     text = config.get("text_config") or {}
     prep_path = config_path.with_name("preprocessor_config.json")
-    prep: dict = {}
-    if prep_path.is_file():
-        try:
-            prep = json.loads(prep_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConversionError(f"cannot read {prep_path}: {exc}") from None
+    prep = load_json(prep_path) if prep_path.is_file() else {}
+    if not isinstance(prep, dict):
+        raise ConversionError(f"{prep_path} is not a JSON object")
     try:
         image_size, patch_size = int(vision.get("image_size", 896)), int(vision.get("patch_size", 14))
         tokens = int(config.get("mm_tokens_per_image", prep.get("image_seq_length", 256)))
