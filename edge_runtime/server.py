@@ -35,9 +35,9 @@ from edge_runtime.tools import ToolCall, json_schema_grammar
 
 log = logging.getLogger(__name__)
 
-# OpenAI request fields -> GenerationSettings fields (the last three are llama.cpp-style extensions).
-_SAMPLING_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
-                    "top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repeat_penalty"}
+# Request fields taken as GenerationSettings fields of the same name (the last three are llama.cpp-style extensions).
+_SAMPLING_FIELDS = ("temperature", "top_p", "seed", "top_k", "min_p", "repeat_penalty")
+_INTEGER_FIELDS = ("seed", "top_k")
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,13 @@ def _settings(body: dict[str, Any], limit: int) -> GenerationSettings:
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise RequestError(f"max_tokens must be a positive integer, not {max_tokens!r}")
     values: dict[str, Any] = {"max_tokens": min(max_tokens, limit)}
-    for key, field_name in _SAMPLING_FIELDS.items():
-        if body.get(key) is not None:
-            value = body[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise RequestError(f"{key} must be a number, not {value!r}")
-            values[field_name] = int(value) if key in ("seed", "top_k") else float(value)
+    for key in _SAMPLING_FIELDS:
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise RequestError(f"{key} must be a number, not {value!r}")
+        values[key] = int(value) if key in _INTEGER_FIELDS else float(value)
     stop = body.get("stop")
     if stop is not None:
         stop = [stop] if isinstance(stop, str) else stop
@@ -118,7 +119,9 @@ def parse_messages(raw: Any) -> list[Message]:
         role = "system" if m["role"] == "developer" else m["role"]
         calls = []
         for c in m.get("tool_calls") or []:
-            fn = c.get("function", {}) if isinstance(c, dict) else {}
+            fn = c.get("function") if isinstance(c, dict) else None
+            if not isinstance(fn, dict):
+                raise RequestError(f"a tool call needs a 'function' with 'name' and 'arguments': {c!r}")
             args = fn.get("arguments") or "{}"
             try:
                 args = json.loads(args) if isinstance(args, str) else args

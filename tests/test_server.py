@@ -16,6 +16,7 @@ import pytest
 from edge_runtime import GenerationSettings, load_model
 from edge_runtime.chat import ChatSession
 from edge_runtime.chat_format import Message
+from edge_runtime.errors import InvalidArgumentError
 from edge_runtime.server import OpenAIServer, RequestError, ServerSettings, parse_messages
 
 KEY = "secret-key"
@@ -144,6 +145,17 @@ def test_tool_calls_and_results_in_the_history():
         parse_messages([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
     with pytest.raises(RequestError, match="image_url"):
         parse_messages([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+    with pytest.raises(RequestError, match="content must be a string or a list"):
+        parse_messages([{"role": "user", "content": 42}])
+    with pytest.raises(RequestError, match="needs a 'role'"):
+        parse_messages([{"content": "hi"}])
+    with pytest.raises(InvalidArgumentError, match="unknown chat role 'robot'"):
+        parse_messages([{"role": "robot", "content": "hi"}])
+    with pytest.raises(RequestError, match="arguments are not JSON"):
+        parse_messages([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]},
+                        {"role": "user", "content": "hi"}])
+    with pytest.raises(RequestError, match="needs a 'function'"):
+        parse_messages([{"role": "assistant", "tool_calls": ["f(x)"]}, {"role": "user", "content": "hi"}])
 
 
 def test_chat_with_tools_answers(served):
@@ -173,6 +185,12 @@ def test_errors_are_json_with_status(served):
     status, body = call(server, "/v1/chat/completions", {"messages": MESSAGES, "temperature": "hot"})
     assert status == 400 and "temperature" in body["error"]["message"]
     assert call(server, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 0})[0] == 400
+    status, body = call(server, "/v1/chat/completions", {"messages": MESSAGES, "stop": [""]})
+    assert status == 400 and "stop must be" in body["error"]["message"]
+    status, body = call(server, "/v1/chat/completions", raw=b"[1, 2]")
+    assert status == 400 and "JSON object" in body["error"]["message"]
+    status, body = call(server, "/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]})
+    assert status == 400 and "unknown chat role" in body["error"]["message"]
     assert call(server, "/v1/completions", {"prompt": ""})[0] == 400
     status, body = call(server, "/v1/completions", {"prompt": "word " * 2000})
     assert status == 400 and "window" in body["error"]["message"]
@@ -222,8 +240,6 @@ def test_cli_serve(default_model_path):
 
 def test_port_in_use_is_a_clear_error(served):
     model, server = served
-    from edge_runtime.errors import InvalidArgumentError
-
     port = server.httpd.server_address[1]
     with pytest.raises(InvalidArgumentError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
         OpenAIServer(model, ServerSettings(port=port))
