@@ -266,7 +266,13 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            raise RequestError(f"Content-Length {self.headers.get('Content-Length')!r} is not a byte count")
         if length > self.app.settings.max_body_bytes:
             self.close_connection = True  # the unread body must not be taken for the next request
             raise RequestError(f"request body of {length} bytes is over the {self.app.settings.max_body_bytes}-byte limit",

@@ -203,6 +203,15 @@ def test_errors_are_json_with_status(served):
     resp = conn.getresponse()
     assert resp.status == 413 and "limit" in json.loads(resp.read())["error"]["message"]
     conn.close()
+    for length in ("lots", "-5"):
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn.putrequest("POST", "/v1/completions")
+        conn.putheader("Authorization", f"Bearer {KEY}")
+        conn.putheader("Content-Length", length)
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 400 and "not a byte count" in json.loads(resp.read())["error"]["message"]
+        conn.close()
 
 
 def test_client_leaving_mid_stream_cancels_and_server_goes_on(served, caplog):
