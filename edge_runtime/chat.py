@@ -61,7 +61,10 @@ class TurnTokenCache:
 
     def __init__(self, model: Model, marker: str, max_entries: int = 512) -> None:
         self.model = model
-        self.marker = marker
+        # Cutting at the marker is exact only where the vocabulary has it as one control token;
+        # otherwise the text is tokenized whole (and cached whole).
+        marker_id = model.llama.token_id(marker) if marker else None
+        self.marker = marker if marker_id is not None and model.llama.is_control(marker_id) else ""
         self.max_entries = max_entries
         self._cache: OrderedDict[tuple[bool, str], list[int]] = OrderedDict()
 
@@ -104,11 +107,7 @@ class ChatSession:
         self.format = model.chat_format
         ids = (model.llama.token_id(t) for t in self.format.turn_tokens)
         self._stop_tokens = tuple(i for i in ids if i is not None)
-        # Cutting at the turn marker is exact only where the vocabulary has it as one control token.
-        marker = self.format.start_of_turn
-        marker_id = model.llama.token_id(marker) if marker else None
-        exact = marker_id is not None and model.llama.is_control(marker_id)
-        self._turn_tokens = TurnTokenCache(model, marker if exact else "")
+        self._turn_tokens = TurnTokenCache(model, self.format.start_of_turn)
         self.messages: list[Message] = []
         self.system: str | None = None
         self._window_start = 0

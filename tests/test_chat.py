@@ -74,6 +74,7 @@ def test_turn_token_cache_equals_whole_text_tokenization(small_model):
 
 def test_turn_cache_is_off_when_the_marker_is_not_a_control_token(small_model):
     """Gemma 4's <|turn> is plain text in the Gemma 3 vocabulary: cutting there would change the tokens."""
+    from edge_runtime.chat import TurnTokenCache
     from edge_runtime.chat_format import Gemma4Format
 
     original = small_model.chat_format
@@ -81,6 +82,7 @@ def test_turn_cache_is_off_when_the_marker_is_not_a_control_token(small_model):
     try:
         chat = ChatSession(small_model, "Be brief.")
         assert chat._turn_tokens.marker == ""
+        assert TurnTokenCache(small_model, "<|turn>").marker == ""
         chat.messages += [Message("user", "a literal <|turn>model"), Message("assistant", "ok"), Message("user", "日本語")]
         rendered = chat.format.render(chat.window_messages)
         assert chat._tokenize(chat.window_messages) == small_model.tokenize(rendered, add_bos=True)
