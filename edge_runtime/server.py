@@ -172,9 +172,10 @@ class OpenAIServer:
         handler = type("Handler", (_Handler,), {"app": self})
         try:
             self.httpd = ThreadingHTTPServer((self.settings.host, self.settings.port), handler)
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
+            reason = getattr(exc, "strerror", None) or str(exc)
             raise InvalidArgumentError(
-                f"cannot listen on {self.settings.host}:{self.settings.port} ({exc.strerror}); choose another --port"
+                f"cannot listen on {self.settings.host}:{self.settings.port} ({reason}); choose another --port"
             ) from None
         # Request threads may idle on keep-alive connections: close() does not wait for them, it waits
         # for the generation lock instead (see close), so no thread touches the model afterwards.

@@ -252,6 +252,8 @@ def test_port_in_use_is_a_clear_error(served):
     port = server.httpd.server_address[1]
     with pytest.raises(InvalidArgumentError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
         OpenAIServer(model, ServerSettings(port=port))
+    with pytest.raises(InvalidArgumentError, match="cannot listen on 127.0.0.1:70000.*0-65535"):
+        OpenAIServer(model, ServerSettings(port=70000))
     assert call(server, "/health")[0] == 200
 
 
