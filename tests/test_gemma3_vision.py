@@ -141,20 +141,16 @@ def test_unreadable_configs_are_named(tmp_path, checkpoint):
     empty.mkdir()
     with pytest.raises(ConversionError, match="has no config.json: not a Hugging Face checkpoint folder"):
         convert_mmproj(empty, tmp_path / "a.gguf", progress=False)
-    (empty / "config.json").write_text("{not json")
-    with pytest.raises(ConversionError, match="config.json: invalid JSON"):
-        convert_mmproj(empty, tmp_path / "a.gguf", progress=False)
-    (empty / "config.json").write_text("[1, 2]")
-    with pytest.raises(ConversionError, match="config.json is not a JSON object"):
-        convert_mmproj(empty, tmp_path / "a.gguf", progress=False)
     ckpt = tmp_path / "ckpt"
     shutil.copytree(checkpoint, ckpt)
-    (ckpt / "preprocessor_config.json").write_text("{\"image_mean\": ")
-    with pytest.raises(ConversionError, match="preprocessor_config.json: invalid JSON"):
-        convert_mmproj(ckpt, tmp_path / "b.gguf", progress=False)
-    (ckpt / "preprocessor_config.json").write_text("[]")
-    with pytest.raises(ConversionError, match="preprocessor_config.json is not a JSON object"):
-        convert_mmproj(ckpt, tmp_path / "b.gguf", progress=False)
+    cases = [(empty / "config.json", "{not json", "config.json: invalid JSON"),
+             (empty / "config.json", "[1, 2]", "config.json is not a JSON object"),
+             (ckpt / "preprocessor_config.json", '{"image_mean": ', "preprocessor_config.json: invalid JSON"),
+             (ckpt / "preprocessor_config.json", "[]", "preprocessor_config.json is not a JSON object")]
+    for path, text, message in cases:
+        path.write_text(text)
+        with pytest.raises(ConversionError, match=message):
+            convert_mmproj(path.parent, tmp_path / "a.gguf", progress=False)
     assert not list(tmp_path.glob("*.gguf"))
 
 
