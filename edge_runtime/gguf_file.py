@@ -112,27 +112,90 @@ class _Cursor:
     def scalar(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> str:
+    def left(self) -> int:
+        return self.size - self.pos
+
+    def string(self, keep: bool = True) -> str:
         n = self.scalar("<Q")
-        if n > self.size:
-            raise self.damaged(f"a metadata string claims {n} bytes")
+        if n > min(self.left(), _MAX_STRING):
+            raise self.damaged(f"a metadata string claims {n} bytes, more than "
+                               f"{'the bytes left' if n > self.left() else 'the 16 MiB a string may hold'}")
+        if not keep:  # skipped without building a Python object
+            self.pos += n
+            return ""
         return self.take(n).decode("utf-8", errors="replace")
 
     def value(self, vtype: int) -> Any:
+        """One metadata value. Arrays are read flat (GGUF has no arrays of arrays), never recursively."""
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
-        if vtype == _ARRAY:
-            etype, length = self.scalar("<I"), self.scalar("<Q")
-            if length > self.size:
-                raise self.damaged(f"an array claims {length} items")
-            if etype in _SCALARS and length > _MAX_KEPT_ARRAY:
-                self.take(struct.calcsize(_SCALARS[etype]) * length)
-                return ArraySummary(etype, length)
-            items = [self.value(etype) for _ in range(length)]
-            return ArraySummary(etype, length) if length > _MAX_KEPT_ARRAY else items
-        raise self.damaged(f"unknown metadata value type {vtype}")
+        if vtype != _ARRAY:
+            raise self.damaged(f"unknown metadata value type {vtype}")
+        etype, length = self.scalar("<I"), self.scalar("<Q")
+        if etype == _ARRAY:
+            raise self.damaged("an array of arrays (GGUF and llama.cpp allow only flat arrays)")
+        if etype not in _SCALARS and etype != _STRING:
+            raise self.damaged(f"an array of unknown value type {etype}")
+        item_size = struct.calcsize(_SCALARS[etype]) if etype in _SCALARS else 8  # a string is at least its length
+        if length * item_size > self.left():
+            raise self.damaged(f"an array claims {length} items, more than the {self.left()} bytes left hold")
+        keep = length <= _MAX_KEPT_ARRAY
+        if etype in _SCALARS:
+            data = self.take(item_size * length)
+            return list(struct.unpack(f"<{length}{_SCALARS[etype][1]}", data)) if keep else ArraySummary(etype, length)
+        items = [self.string(keep) for _ in range(length)]
+        return items if keep else ArraySummary(etype, length)
+
+
+# Bounds llama.cpp asserts on (src/llama-hparams.h); a file outside them would abort the process.
+_MAX_LAYERS = 512
+_MAX_EXPERTS = 1024
+_MAX_STRING = 16 << 20
+
+
+def check_hparams(header: "GGUFHeader") -> None:
+    """Refuse hyperparameters llama.cpp would abort on (GGML_ASSERT) instead of reporting."""
+    if "general.architecture" not in header.metadata or header.architecture == "clip":
+        return
+
+    def bad(key: str, value: Any, why: str) -> InvalidModelError:
+        return InvalidModelError(f"{header.path} is corrupt: {header.architecture}.{key} = {value!r} ({why}). "
+                                 "Download or convert it again.")
+
+    def number(key: str) -> Any:
+        value = header.arch_value(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise bad(key, value, "not an integer")
+        return value
+
+    n_layer = number("block_count")
+    if n_layer is None or not 1 <= n_layer <= _MAX_LAYERS:
+        raise bad("block_count", n_layer, f"a model has 1 to {_MAX_LAYERS} layers")
+    nextn = number("nextn_predict_layers")
+    if nextn is not None and not 0 <= nextn <= n_layer:
+        raise bad("nextn_predict_layers", nextn, "more than the model's layers")
+    for key in ("context_length", "embedding_length"):
+        value = number(key)
+        if value is None or not 1 <= value < 2**31:
+            raise bad(key, value, "must be a positive 32-bit count")
+    experts = number("expert_count") or 0
+    if not 0 <= experts <= _MAX_EXPERTS:
+        raise bad("expert_count", experts, f"at most {_MAX_EXPERTS}")
+    for key in ("attention.head_count", "attention.head_count_kv", "feed_forward_length", "expert_used_count"):
+        value = header.arch_value(key)
+        if isinstance(value, ArraySummary):
+            if value.length != n_layer:
+                raise bad(key, value, f"a per-layer array must have {n_layer} items")
+            continue
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and len(value) not in (1, n_layer):
+            raise bad(key, value, f"a per-layer array must have {n_layer} items")
+        if any(v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**31) for v in values):
+            raise bad(key, value, "counts must be integers from 0")
+    if header.arch_value("attention.head_count") in (0, None):
+        raise bad("attention.head_count", header.arch_value("attention.head_count"), "a model needs attention heads")
 
 
 def _tensor_bytes(shape: tuple[int, ...], type_id: int, path: Path, name: str) -> tuple[str, int]:
@@ -195,6 +258,7 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
         alignment = int(metadata.get("general.alignment", 32))
         data_offset = (cur.pos + alignment - 1) // alignment * alignment
     header = GGUFHeader(path, version, metadata, tensors, data_offset, file_size)
+    check_hparams(header)
     end = max((t.offset + t.n_bytes for t in tensors), default=0) + data_offset
     if end > file_size:
         missing = end - file_size

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Iterator
 
+from edge_runtime.errors import InvalidArgumentError
 from edge_runtime.generate import GenerationSettings, Stream
 
 
@@ -210,8 +211,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("serve", help="a local OpenAI-compatible server (/v1/chat/completions, ...)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any free port)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests (visible in ps: prefer "
+                                    "--api-key-file or $EDGE_RUNTIME_API_KEY)")
+    p.add_argument("--api-key-file", metavar="FILE", help="read the API key from the first line of FILE")
     p.add_argument("--model-id", help="model name reported to clients (default: the GGUF's name)")
     p.add_argument("-n", "--max-tokens", type=int, default=512, help="default and upper bound of max_tokens")
     add_model_options(p)
@@ -226,10 +229,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from edge_runtime.model import load_model
-    from edge_runtime.server import OpenAIServer, ServerSettings
+    try:
+        from edge_runtime.server import OpenAIServer, ServerSettings, resolve_api_key
+    except ModuleNotFoundError as exc:
+        raise InvalidArgumentError(f"the server needs {exc.name}: pip install 'edge-runtime[server]'") from None
 
-    settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key, model_id=args.model_id,
-                              max_tokens=args.max_tokens)
+    if args.max_tokens < 1:
+        raise InvalidArgumentError(f"--max-tokens must be at least 1, not {args.max_tokens}")
+    settings = ServerSettings(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
+                              model_id=args.model_id, max_tokens=args.max_tokens)
     with load_model(args.model, runtime_settings(args)) as model, OpenAIServer(model, settings) as server:
         print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",
               file=sys.stderr, flush=True)

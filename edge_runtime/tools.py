@@ -28,10 +28,12 @@ class Tool:
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", self.name or ""):
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", self.name):
             raise ToolCallError(f"tool name {self.name!r} is not a valid identifier (letters, digits, _ . -)")
-        if not isinstance(self.parameters, dict) or self.parameters.get("type", "object") != "object":
-            raise ToolCallError(f"tool {self.name!r}: parameters must be a JSON schema of type 'object'")
+        if not isinstance(self.parameters, dict) or self.parameters.get("type", "object") != "object" \
+                or not isinstance(self.description, str):
+            raise ToolCallError(f"tool {self.name!r}: parameters must be a JSON schema of type 'object' "
+                                "and description a string")
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "Tool":

@@ -1,0 +1,255 @@
+"""The ASGI application: routes, errors as JSON, one generation at a time off the event loop.
+
+Requests are read and validated on the event loop (never behind a running
+generation); only the model work waits for the generation gate and runs on a
+worker thread. A client that disconnects, streaming or not, cancels its
+generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Callable, Union
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from edge_runtime.errors import ContextSizeError, EdgeRuntimeError, InvalidArgumentError, ToolCallError
+from edge_runtime.generate import Stream, aiter_stream
+from edge_runtime.model import Model
+from edge_runtime.server.auth import authorized
+from edge_runtime.server.requests import ChatJob, CompletionJob, RequestError, parse_chat, parse_completion, parse_json_body
+from edge_runtime.server.responses import CHAT, COMPLETION, ResponseBuilder, error_body, sse
+
+log = logging.getLogger("edge_runtime.server")
+
+Job = Union[ChatJob, CompletionJob]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0: any free port
+    api_key: str | None = None
+    model_id: str | None = None  # reported in /v1/models and responses (default: the GGUF's name)
+    max_tokens: int = 512  # default and upper bound of a request's max_tokens
+    max_body_bytes: int = 4 << 20
+    request_timeout_s: float = 30.0  # to send a request's headers and its whole body
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    backlog: int = 2048  # pending connections the kernel queues before accept
+    max_header_bytes: int = 16 << 10
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the model, the gate serializing generations, the streams in flight."""
+
+    model: Model
+    settings: ServerSettings
+    model_id: str
+    active: set[Stream] = field(default_factory=set)
+    closed: bool = False  # no generation starts once the model may be freed
+    _gate: asyncio.Lock | None = None
+    warned_base_chat: bool = False
+
+    @property
+    def gate(self) -> asyncio.Lock:
+        if self._gate is None:  # created on the server's event loop
+            self._gate = asyncio.Lock()
+        return self._gate
+
+    def cancel_all(self) -> None:
+        self.closed = True
+        for stream in list(self.active):
+            stream.cancel()
+
+
+def _json_error(status: int, message: str, kind: str = "invalid_request_error",
+                headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, kind), status_code=status, headers=headers)
+
+
+def _error_for(exc: Exception) -> JSONResponse:
+    """The JSON response for an error raised while preparing or starting a generation."""
+    if isinstance(exc, RequestError):
+        return _json_error(exc.status, str(exc))
+    if isinstance(exc, (ToolCallError, InvalidArgumentError, ContextSizeError)):
+        return _json_error(400, str(exc))
+    if isinstance(exc, EdgeRuntimeError):
+        return _json_error(500, str(exc), "server_error")
+    log.exception("unexpected error while handling a request")
+    return _json_error(500, f"internal error ({type(exc).__name__}); see the server log", "server_error")
+
+
+async def _read_body(request: Request, settings: ServerSettings) -> bytes:
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {declared} bytes is over the {limit}-byte limit",
+                           HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"request body is over the {limit}-byte limit", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), settings.request_timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(f"the request body did not arrive within {settings.request_timeout_s:g} s",
+                           HTTPStatus.REQUEST_TIMEOUT) from None
+
+
+class GenerationResponse(Response):
+    """Runs a validated job on the model when the gate is free; JSON or server-sent events."""
+
+    def __init__(self, state: ServerState, job: Job, kind: str, streaming: bool) -> None:
+        self.state, self.job, self.kind, self.streaming = state, job, kind, streaming
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        async with state.gate:
+            if state.closed:
+                await _json_error(503, "the server is shutting down", "server_error")(scope, receive, send)
+                return
+            try:
+                stream = await asyncio.to_thread(self.job.start, state.model)
+            except Exception as exc:
+                await _error_for(exc)(scope, receive, send)
+                return
+            state.active.add(stream)
+            gone = asyncio.Event()
+            watcher = asyncio.create_task(self._watch(receive, stream, gone))
+            try:
+                if self.streaming:
+                    await self._stream(send, stream, gone)
+                else:
+                    result = await asyncio.to_thread(stream.consume)
+                    if not gone.is_set():
+                        body = ResponseBuilder(self.kind, state.model_id).complete(result)
+                        await JSONResponse(body)(scope, receive, send)
+            finally:
+                watcher.cancel()
+                state.active.discard(stream)
+                stream.cancel()
+                if gone.is_set() and stream.result is not None:
+                    log.info("client went away: generation cancelled after %d tokens",
+                             stream.result.metrics.generated_tokens)
+
+    @staticmethod
+    async def _watch(receive: Receive, stream: Stream, gone: asyncio.Event) -> None:
+        """Cancel the generation when the client disconnects (the body is already read)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if stream.result is None:  # not merely the end of our own response
+            gone.set()
+            stream.cancel()
+
+    async def _stream(self, send: Send, stream: Stream, gone: asyncio.Event) -> None:
+        builder = ResponseBuilder(self.kind, self.state.model_id)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+
+        async def event(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        try:
+            first = builder.first_chunk()
+            if first:
+                await event(sse(first))
+            async for piece in aiter_stream(stream):
+                if gone.is_set():
+                    break
+                await event(sse(builder.piece_chunk(piece)))
+            if stream.result is not None and not gone.is_set():
+                for chunk in builder.final_chunks(stream.result):
+                    await event(sse(chunk))
+                await event(sse("[DONE]"))
+        except EdgeRuntimeError as exc:  # the status line is out already: report it as an event
+            await event(sse(error_body(500, str(exc), "server_error")))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class HeaderLimit:
+    """Refuses requests whose headers exceed the limit, with a JSON 431."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.limit:
+            message = f"request headers over the {self.limit}-byte limit"
+            await _json_error(431, message)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def build_app(state: ServerState) -> Starlette:
+    settings = state.settings
+
+    def require_key(request: Request) -> None:
+        if not authorized(settings.api_key, request.headers.get("authorization")):
+            raise RequestError("missing or wrong API key (Authorization: Bearer KEY)", HTTPStatus.UNAUTHORIZED)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": state.model_id})
+
+    async def models(request: Request) -> Response:
+        require_key(request)
+        return JSONResponse({"object": "list", "data": [
+            {"id": state.model_id, "object": "model", "created": 0, "owned_by": "edge_runtime"}]})
+
+    def generation(kind: str, parse: Callable[[dict[str, Any], int], Job]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            require_key(request)
+            body = parse_json_body(await _read_body(request, settings))
+            job = parse(body, settings.max_tokens)
+            streaming = body.get("stream", False)
+            if not isinstance(streaming, bool):
+                raise RequestError(f"stream must be true or false, not {streaming!r}")
+            return GenerationResponse(state, job, kind, streaming)
+
+        return endpoint
+
+    async def on_request_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestError)
+        kind = "authentication_error" if exc.status == HTTPStatus.UNAUTHORIZED else "invalid_request_error"
+        return _json_error(exc.status, str(exc), kind)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            return _json_error(405, f"{request.method} is not allowed on {request.url.path}", headers=exc.headers)
+        if exc.status_code == 404:
+            return _json_error(404, f"no route {request.method} {request.url.path}")
+        return _json_error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        return _error_for(exc)
+
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        return Response(status_code=499)  # nobody reads it
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/completions", generation(COMPLETION, parse_completion), methods=["POST"]),
+        Route("/v1/chat/completions", generation(CHAT, parse_chat), methods=["POST"]),
+    ]
+    handlers = {RequestError: on_request_error, HTTPException: on_http_error, ClientDisconnect: on_disconnect,
+                Exception: on_unexpected}
+    return Starlette(routes=routes, exception_handlers=handlers,  # type: ignore[arg-type]
+                     middleware=[Middleware(HeaderLimit, limit=settings.max_header_bytes)])
