@@ -181,20 +181,10 @@ class FileReplaySource:
     def __init__(self, path: str | Path, *, speed: float = 1.0):
         if speed <= 0:
             raise InvalidArgumentError("speed must be positive")
-        from edge_runtime.audio.audio import _read_av, _read_soundfile
+        from edge_runtime.audio.audio import read_frames
 
         p = Path(path)
-        if not p.is_file():
-            raise AudioError(f"audio file not found: {p}")
-        try:
-            frames, rate = _read_soundfile(p)
-        except Exception:
-            try:
-                frames, rate = _read_av(p)
-            except Exception as exc:
-                raise AudioError(f"cannot decode {p}: {exc}") from exc
-        if frames.shape[0] == 0:
-            raise AudioError(f"{p} contains no audio samples")
+        frames, rate = read_frames(p)
         self.name = f"replay:{p.name}"
         self.frames, self.sample_rate, self.channels, self.speed = frames, rate, frames.shape[1], speed
 

@@ -18,6 +18,9 @@ import numpy as np
 from edge_runtime.errors import InvalidArgumentError
 
 
+_EMIT_BLOCK = 4096  # outputs computed per step: bounds the [outputs x taps] index table
+
+
 @dataclass(frozen=True)
 class ResamplerSettings:
     """Filter design: the passband ends at `passband` x the lower Nyquist,
@@ -83,23 +86,22 @@ class Resampler:
         return self._half / self.input_rate
 
     def _emit(self, last_out: int) -> np.ndarray:
-        """Compute outputs _next_out..last_out-1 from the buffer."""
-        n = np.arange(self._next_out, last_out, dtype=np.int64)
-        if n.size == 0:
-            return np.zeros(0, dtype=np.float32)
-        pos = n * self.down
-        i = pos // self.up
-        phase = pos % self.up
-        idx = (i - self._buf_start)[:, None] + np.arange(-self._half + 1, self._half + 1)[None, :]
-        out = np.einsum("ij,ij->i", self._buf[idx], self._phases[phase])
-        self._next_out = last_out
+        """Compute outputs _next_out..last_out-1 from the buffer, a bounded block at a time."""
+        pieces = []
+        taps = np.arange(-self._half + 1, self._half + 1)[None, :]
+        for first in range(self._next_out, last_out, _EMIT_BLOCK):
+            n = np.arange(first, min(first + _EMIT_BLOCK, last_out), dtype=np.int64)
+            pos = n * self.down
+            idx = (pos // self.up - self._buf_start)[:, None] + taps  # [block, taps]: memory per block only
+            pieces.append(np.einsum("ij,ij->i", self._buf[idx], self._phases[pos % self.up]))
+        self._next_out = max(self._next_out, last_out)
         # Drop input no later output can reach.
-        next_i = (last_out * self.down) // self.up
+        next_i = (self._next_out * self.down) // self.up
         drop = next_i - self._half + 1 - self._buf_start
         if drop > 0:
             self._buf = self._buf[drop:]
             self._buf_start += drop
-        return out.astype(np.float32)
+        return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, dtype=np.float32)
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Feed input samples (1-D float); return the outputs they complete."""
@@ -130,9 +132,15 @@ class Resampler:
 
 def resample(audio: np.ndarray, input_rate: int, output_rate: int,
              settings: ResamplerSettings | None = None) -> np.ndarray:
-    """Resample a 1-D signal; output length is ceil(len * output_rate / input_rate)."""
+    """Resample a 1-D signal; output length is ceil(len * output_rate / input_rate).
+
+    Memory beyond the input and the output is bounded, whatever the length: the
+    signal goes through the streaming resampler a block at a time.
+    """
     r = Resampler(input_rate, output_rate, settings)
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     if r.passthrough:
-        return np.asarray(audio, dtype=np.float32).reshape(-1).copy()
-    head = r.process(audio)
-    return np.concatenate([head, r.flush()])
+        return audio.copy()
+    step = 16 * _EMIT_BLOCK
+    pieces = [r.process(audio[i : i + step]) for i in range(0, audio.size, step)]
+    return np.concatenate([*pieces, r.flush()])
