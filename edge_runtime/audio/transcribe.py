@@ -24,6 +24,13 @@ class Segment:
     start: float
     end: float
     text: str
+    translation: str | None = None  # set by a cascade translation; the transcript stays in `text`
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        if self.translation is None:
+            out.pop("translation")
+        return out
 
 
 @dataclass
@@ -31,14 +38,28 @@ class TranscriptionResult:
     segments: list[Segment]
     engine: str
     metrics: dict = field(default_factory=dict)
+    translation_error: str | None = None  # why a requested translation is not given
 
     @property
     def text(self) -> str:
         return " ".join(s.text for s in self.segments).strip()
 
+    @property
+    def translation(self) -> str | None:
+        """The translated text, when every segment was translated."""
+        parts = [s.translation for s in self.segments]
+        if not parts or any(p is None for p in parts):
+            return None
+        return " ".join(p for p in parts if p).strip()
+
     def to_dict(self) -> dict:
-        return {"text": self.text, "segments": [asdict(s) for s in self.segments],
-                "engine": self.engine, "metrics": self.metrics}
+        out: dict = {"text": self.text}
+        if self.translation is not None:
+            out["translation"] = self.translation
+        if self.translation_error:
+            out["translation_error"] = self.translation_error
+        out.update({"segments": [s.to_dict() for s in self.segments], "engine": self.engine, "metrics": self.metrics})
+        return out
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
@@ -46,7 +67,8 @@ class TranscriptionResult:
     def to_srt(self) -> str:
         blocks = []
         for i, s in enumerate(self.segments, 1):
-            blocks.append(f"{i}\n{_srt_time(s.start)} --> {_srt_time(s.end)}\n{s.text}\n")
+            text = s.text if s.translation is None else f"{s.text}\n{s.translation}"  # bilingual subtitles
+            blocks.append(f"{i}\n{_srt_time(s.start)} --> {_srt_time(s.end)}\n{text}\n")
         return "\n".join(blocks)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
-from edge_runtime.audio.transcribe import Segment, TranscriptionResult
-from edge_runtime.errors import InvalidArgumentError
+from edge_runtime.audio.transcribe import TranscriptionResult
+from edge_runtime.errors import AudioError, InvalidArgumentError
 
 PROMPT = ("Translate the following text into {target}. Reply with the translation only, "
           "without notes or quotes.\n\n{text}")
@@ -51,10 +51,45 @@ class CascadeTranslator:
             yield from pieces
 
     def translate(self, text: str) -> str:
-        return "".join(self.stream(text)).strip()
+        """The translation of `text`; TranslationError when the model gave something that is not one."""
+        out = "".join(self.stream(text)).strip()
+        problem = not_a_translation(text, out)
+        if problem:
+            raise TranslationError(
+                f"the text model did not translate ({problem}); base models do not follow instructions: "
+                "use an instruction-tuned Gemma, e.g. --text-model gemma-3-1b-it-Q4_K_M.gguf "
+                "(edge-runtime convert google/gemma-3-1b-it -o gemma-3-1b-it.gguf --outtype Q4_K_M)")
+        return out
 
     def translate_result(self, result: TranscriptionResult) -> TranscriptionResult:
-        """A copy of `result` with every segment's text translated (times kept)."""
-        segments = [Segment(s.start, s.end, self.translate(s.text)) for s in result.segments]
+        """A copy of `result` with each segment's translation beside its transcript (times kept).
+
+        When the model does not translate, the transcript is returned unchanged with
+        `translation_error` saying why.
+        """
+        try:
+            segments = [replace(s, translation=self.translate(s.text)) for s in result.segments]
+        except TranslationError as exc:
+            return replace(result, translation_error=str(exc))
         metrics = dict(result.metrics, translated_to=self.settings.target_language)
         return replace(result, segments=segments, metrics=metrics)
+
+
+class TranslationError(AudioError):
+    """The model's output is not a translation (empty, or the instruction echoed)."""
+
+
+_ECHO_MARKERS = ("translate the following", "reply with the translation", "without notes or quotes")
+
+
+def not_a_translation(source: str, output: str) -> str | None:
+    """Why `output` is not a translation of `source`, or None when it may be one."""
+    if not output.strip():
+        return "its output was empty"
+    low = " ".join(output.lower().split())
+    if any(marker in low for marker in _ECHO_MARKERS):
+        return "it echoed the instruction"
+    src = " ".join(source.lower().split())
+    if len(src.split()) >= 3 and low.strip(" .\"'") == src.strip(" .\"'"):
+        return "it repeated the text unchanged"
+    return None
