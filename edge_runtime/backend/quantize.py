@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
+import signal
 import struct
 from pathlib import Path
 
@@ -80,7 +82,53 @@ def quantize_model(
     imatrix: dict[str, np.ndarray] | None = None,
     max_buf_mib: int = 128,
 ) -> None:
-    """Quantize a GGUF file (F32/F16/BF16 weights) to `ftype` (a llama_ftype value) with llama.cpp's type plan."""
+    """Quantize a GGUF file (F32/F16/BF16 weights) to `ftype` (a llama_ftype value) with llama.cpp's type plan.
+
+    `llama_model_quantize` is one native call with no way to stop it, so it runs in a child
+    process: Ctrl-C or SIGTERM here ends the child at once and the caller cleans up.
+    """
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding llama.cpp threads
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_quantize_child, name="edge-runtime-quantize", daemon=True,
+                        args=(send, os.fspath(src), os.fspath(dst), ftype, n_threads, imatrix, max_buf_mib))
+    child.start()
+    send.close()
+    try:
+        child.join()
+    except BaseException:  # KeyboardInterrupt, SystemExit from a signal handler
+        child.terminate()
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        raise
+    finally:
+        try:
+            error = receive.recv() if receive.poll() else None
+        except EOFError:  # the child ended without a word: it succeeded, or the exit code tells
+            error = None
+        receive.close()
+    if child.exitcode != 0 or error:
+        reason = error or f"the quantizer process ended with exit code {child.exitcode}"
+        raise ConversionError(f"llama.cpp could not quantize {src} to {dst}: {reason}")
+
+
+def _quantize_child(report, src: str, dst: str, ftype: int, n_threads: int,
+                    imatrix: dict[str, np.ndarray] | None, max_buf_mib: int) -> None:
+    """The child process: run the quantizer, send back an error text (or nothing)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates us when it is interrupted
+    try:
+        _quantize_here(src, dst, ftype, n_threads, imatrix, max_buf_mib)
+    except ConversionError as exc:
+        report.send(str(exc))
+    except Exception as exc:
+        report.send(f"{type(exc).__name__}: {exc}")
+    finally:
+        report.close()
+
+
+def _quantize_here(src: str, dst: str, ftype: int, n_threads: int,
+                   imatrix: dict[str, np.ndarray] | None, max_buf_mib: int) -> None:
     ensure_backend()
     params = lc.llama_model_quantize_default_params()
     params.nthread = n_threads
@@ -104,5 +152,4 @@ def quantize_model(
     rc = lc.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     del keep
     if rc != 0:
-        reasons = "; ".join(recent_llama_errors()) or f"error code {rc}"
-        raise ConversionError(f"llama.cpp could not quantize {src} to {dst}: {reasons}")
+        raise ConversionError("; ".join(recent_llama_errors()) or f"error code {rc}")

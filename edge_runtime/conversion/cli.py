@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     u = subparsers.add_parser("unpack", help="turn a GGUF back into a Hugging Face checkpoint folder (f32)")
     u.add_argument("model", help="GGUF file")
     u.add_argument("out_dir", help="output folder")
+    u.add_argument("--no-progress", action="store_true", help="no progress bar")
     u.add_argument("--json", action="store_true", help="print the result as JSON")
     u.set_defaults(func=cmd_unpack)
 
@@ -99,7 +100,7 @@ def _count_params(path) -> tuple[int, int, int] | None:
 def cmd_unpack(args: argparse.Namespace) -> int:
     from edge_runtime.conversion.unpack import unpack_gguf
 
-    out = unpack_gguf(args.model, args.out_dir)
+    out = unpack_gguf(args.model, args.out_dir, progress=not args.no_progress and sys.stderr.isatty())
     files = sorted(p.name for p in out.iterdir())
     if args.json:
         print(json.dumps({"out_dir": str(out), "files": files}))

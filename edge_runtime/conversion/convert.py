@@ -14,7 +14,7 @@ from edge_runtime.conversion.gemma import ModelPlan, gguf_arch, plan_model
 from edge_runtime.conversion.quantize import resolve_outtype, tensor_type
 from edge_runtime.conversion.tokenizer import Vocab, load_vocab, write_vocab_fields
 from edge_runtime.conversion.writer import (
-    TensorToWrite, atomic_path, check_free_space, scratch_path, sha256_file, write_gguf, write_manifest,
+    TensorToWrite, atomic_path, check_free_space, check_writable, scratch_path, sha256_file, write_gguf, write_manifest,
 )
 from edge_runtime.errors import ConversionError
 
@@ -72,6 +72,7 @@ def convert_checkpoint(
     out = Path(out)
     if not out.parent.is_dir():
         raise ConversionError(f"{out.parent}: output folder does not exist")
+    check_writable(out.parent)
     if imatrix is not None and not ot.via_llama:
         raise ConversionError(f"--imatrix only applies to llama.cpp quantization types, not {ot.name}")
     imatrix_data = None

@@ -18,8 +18,12 @@ import gguf
 
 from edge_runtime.conversion.gemma import _GLOBAL_MAP, _LAYER_MAP
 from edge_runtime.conversion.tokenizer import CONTROL, USER_DEFINED, Vocab, write_sentencepiece
-from edge_runtime.conversion.writer import atomic_path, check_free_space
-from edge_runtime.errors import ConversionError
+from edge_runtime.conversion.writer import (
+    atomic_path, check_free_space, check_writable, nearest_existing, progress_bar,
+    staged_folder,
+)
+from edge_runtime.errors import ConversionError, EdgeRuntimeError
+from edge_runtime.gguf_file import read_header
 
 _HF_ARCH = {"gemma": ("GemmaForCausalLM", "gemma"), "gemma2": ("Gemma2ForCausalLM", "gemma2"),
             "gemma3": ("Gemma3ForCausalLM", "gemma3_text"), "gemma4": ("Gemma4ForCausalLM", "gemma4_text")}
@@ -217,7 +221,7 @@ def _write_bpe_json(path: Path, vocab: Vocab) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
-def _write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], callable]]) -> None:
+def _write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], callable]], progress: bool = True) -> None:
     """Stream float32 tensors into one safetensors file."""
     header, offset = {}, 0
     for name, shape, _ in entries:
@@ -227,21 +231,37 @@ def _write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], cal
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, progress_bar(offset, path.name, progress) as bar:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name, shape, load in entries:
             data = np.ascontiguousarray(load(), dtype=np.float32)
             if tuple(data.shape) != tuple(shape):
                 raise ConversionError(f"{name}: dequantized shape {list(data.shape)} differs from {list(shape)}")
-            f.write(data.tobytes())
+            f.write(data.data)
+            if bar is not None:
+                bar.update(data.nbytes)
 
 
-def unpack_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
-    """Write a Hugging Face checkpoint (config.json, model.safetensors in f32, tokenizer files) from a GGUF."""
+def unpack_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, progress: bool = True) -> Path:
+    """Write a Hugging Face checkpoint (config.json, model.safetensors in f32, tokenizer files) from a GGUF.
+
+    The folder is checked (writable, enough space) before any work; the files are written
+    into a staging folder next to it and moved in at the end, so a failure leaves nothing.
+    """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise ConversionError(f"{gguf_path}: no such GGUF file")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"{out_dir} is a file; give a folder to unpack into")
+    parent = nearest_existing(out_dir)
+    check_writable(parent)
+    try:  # our header reader is fast: the space check comes before gguf-py parses the whole file
+        header = read_header(gguf_path)
+    except EdgeRuntimeError as exc:
+        raise ConversionError(str(exc)) from None
+    f32_bytes = sum(int(np.prod(t.shape, dtype=np.int64)) * 4 for t in header.tensors)
+    check_free_space(parent, f32_bytes + 64 * 2**20, "model.safetensors")
     try:
         reader = gguf.GGUFReader(gguf_path)
     except Exception as exc:  # gguf-py raises assorted errors on bad files
@@ -249,7 +269,6 @@ def unpack_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     arch = str(_field(reader, "general.architecture", ""))
     if arch not in _HF_ARCH:
         raise ConversionError(f"{gguf_path}: unpacking architecture {arch!r} is not supported (supported: {', '.join(_HF_ARCH)})")
-    vocab = _vocab(reader, gguf_path)
     rev = _reverse_names(arch)
     shift = _NORM_SHIFT[arch]
     entries = []
@@ -268,15 +287,14 @@ def unpack_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             return data
 
         entries.append((hf, shape, load))
+    vocab = _vocab(reader, gguf_path)
     n_vocab = next((s[0] for n, s, _ in entries if n == "model.embed_tokens.weight"), len(vocab))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    needed = sum(int(np.prod(s, dtype=np.int64)) * 4 for _, s, _ in entries) + 64 * 2**20
-    check_free_space(out_dir, needed, "model.safetensors")
-    _write_safetensors(out_dir / "model.safetensors", entries)
     config = _config(reader, arch, int(n_vocab), vocab.special_ids)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (out_dir / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], "pad_token_id": config["pad_token_id"]}, indent=2),
-        encoding="utf-8")
-    _write_tokenizer(out_dir, vocab)
+    with staged_folder(out_dir) as staging:
+        _write_safetensors(staging / "model.safetensors", entries, progress)
+        (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (staging / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
+             "pad_token_id": config["pad_token_id"]}, indent=2), encoding="utf-8")
+        _write_tokenizer(staging, vocab)
     return out_dir

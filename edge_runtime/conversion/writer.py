@@ -8,11 +8,15 @@ once complete: an exception or Ctrl-C leaves no partial file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -23,6 +27,8 @@ import gguf
 
 from edge_runtime.conversion.checkpoint import bf16_to_f32, f32_to_bf16, release_pages
 from edge_runtime.errors import ConversionError
+
+log = logging.getLogger(__name__)
 
 Q = gguf.GGMLQuantizationType
 _CHUNK_ELEMENTS = 1 << 24  # rows encoded at a time: about 64 MiB of float32
@@ -63,17 +69,111 @@ def check_free_space(directory: Path, needed: int, what: str) -> None:
         )
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` if it is a folder, else its closest ancestor that exists."""
+    path = Path(path).absolute()
+    while not path.is_dir():
+        path = path.parent
+    return path
+
+
+def check_writable(directory: Path) -> None:
+    """Refuse an output folder that cannot take a new file, before any work is done."""
+    try:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".edge-runtime-write-check.")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise ConversionError(f"cannot write to {directory} ({exc.strerror}); choose another output folder") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files and folders that a killed run of ours left next to `path`.
+
+    Ours are named `.NAME.PID<suffix>.tmp`; one whose process no longer exists is stale.
+    """
+    prefix = f".{path.name}."
+    for p in path.parent.glob(glob.escape(prefix) + "*.tmp"):
+        pid = p.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            log.warning("removed %s, left by an interrupted run", p)
+
+
+def _write_failure(path: Path, exc: OSError) -> ConversionError | None:
+    """The error to report for a failed write of `path`, or None when `exc` is not about writing it."""
+    if exc.filename is not None and Path(exc.filename).parent.resolve() != path.parent.resolve():
+        return None  # e.g. a source file that cannot be read
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return ConversionError(f"{path}: the disk filled up while writing ({exc.strerror}); nothing was left behind. "
+                               "Free some space or choose another output folder, then run again")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ConversionError(f"cannot write {path} ({exc.strerror}); choose another output folder")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary path next to `path`; renamed onto `path` on success, removed on any failure."""
+    """A temporary path next to `path`; renamed onto `path` on success, removed on any failure.
+
+    Temporary files left by an earlier run that was killed are removed first; a full disk or
+    an unwritable folder is a ConversionError naming `path`.
+    """
     path = Path(path)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        error = _write_failure(path, exc)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """A staging folder whose files reach `out_dir` only when the block succeeds.
+
+    A new `out_dir` appears whole (one rename); in an existing one our files replace their
+    namesakes one by one (each move atomic) and other files stay. A failure leaves nothing.
+    """
+    out_dir = Path(out_dir)
+    home = nearest_existing(out_dir)  # on the destination's file system; missing folders are made at the end
+    remove_stale_temps(home / out_dir.name)
+    staging = home / f".{out_dir.name}.{os.getpid()}.staging.tmp"
+    try:
+        staging.mkdir()
+        yield staging
+        if out_dir.is_dir():
+            for f in staging.iterdir():
+                os.replace(f, out_dir / f.name)
+        else:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, out_dir)
+    except OSError as exc:
+        error = _write_failure(staging, exc)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -83,11 +183,12 @@ def scratch_path(near: Path, suffix: str) -> Iterator[Path]:
     try:
         yield tmp
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm byte counter on stderr (None when disabled or tqdm is missing)."""
     if not enabled:
         return contextlib.nullcontext(None)
     try:
@@ -117,7 +218,7 @@ def write_gguf(
         writer.write_ti_data_to_file()
         fout = writer.fout[0]
         total = sum(t.nbytes for t in tensors)
-        with _progress(total, desc, progress) as bar:
+        with progress_bar(total, desc, progress) as bar:
             for t in tensors:
                 writer.write_padding(fout, fout.tell())
                 written = _write_tensor(fout, t)
