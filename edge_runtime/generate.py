@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, Sequence
 
 from edge_runtime.backend.core import LlamaContext, LlamaModel, Sampler, SamplerParams
+from edge_runtime.cpu_load import ThreadGovernor
 from edge_runtime.errors import ContextSizeError, InvalidArgumentError
 from edge_runtime.metrics import Metrics, peak_rss_mb
 from edge_runtime.prompt_cache import PromptCache, ReuseOutcome
@@ -114,12 +115,27 @@ class Stream:
 class Generator:
     """Owns one context's generation loop and its prompt cache. One call at a time."""
 
-    def __init__(self, model: LlamaModel, ctx: LlamaContext) -> None:
+    def __init__(self, model: LlamaModel, ctx: LlamaContext, governor: ThreadGovernor | None = None,
+                 n_threads_batch: int | None = None) -> None:
         self.model = model
         self.ctx = ctx
+        self.governor = governor  # adapts the thread count to other processes' load
+        self._threads = governor.max_threads if governor else 0
+        self._threads_batch = n_threads_batch or self._threads
         self.cache = PromptCache(ctx)
         self._lock = threading.Lock()
         self.last_reuse: ReuseOutcome | None = None
+
+    def _adapt_threads(self) -> None:
+        if self.governor is None:
+            return
+        n = self.governor.threads()
+        if n != self._threads:
+            spare = self.governor.max_threads - n
+            self.ctx.set_threads(n, max(1, self._threads_batch - spare))
+            log.debug("generation threads %d -> %d (other processes use %.2f cores)",
+                      self._threads, n, self.governor.sample.others)
+            self._threads = n
 
     def stream(
         self, prompt: Sequence[int], settings: GenerationSettings, cancel: CancelToken | None = None
@@ -147,6 +163,7 @@ class Generator:
             pieces: list[str] = []
             finish = "length"
             sampler = Sampler(self.model, settings)
+            self._adapt_threads()
             self.ctx.set_abort_check(lambda: cancel.cancelled)
             try:
                 reuse = self.cache.prepare(prompt)
@@ -197,6 +214,8 @@ class Generator:
                     pos = len(self.cache.tokens)
                     if pos >= n_ctx:
                         break  # the window is full
+                    if len(out_tokens) % 16 == 0:
+                        self._adapt_threads()
                     if not self.ctx.decode_one(token, pos):
                         finish = "cancelled"
                         break

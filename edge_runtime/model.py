@@ -11,6 +11,7 @@ from gguf.constants import LlamaFileType
 
 from edge_runtime.backend.core import LlamaContext, LlamaModel, recent_llama_errors
 from edge_runtime.chat_format import ChatFormat
+from edge_runtime.cpu_load import ThreadGovernor
 from edge_runtime.default_model import default_model_path
 from edge_runtime.errors import InvalidModelError, ModelError, UnsupportedModelError
 from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Generator, Stream, aiter_stream
@@ -95,7 +96,8 @@ class Model:
             raise
         recent_llama_errors()
         self.info = ModelInfo.from_header(self.header, self.llama)
-        self.generator = Generator(self.llama, self.ctx)
+        governor = ThreadGovernor(self.settings.n_threads) if self.settings.adaptive_threads else None
+        self.generator = Generator(self.llama, self.ctx, governor, self.settings.n_threads_batch)
         self.chat_format = ChatFormat.for_model(self.info.architecture, self.llama.chat_template(), self.llama)
 
     # lifecycle

@@ -29,6 +29,9 @@ class RuntimeSettings:
     # A full-size cache for sliding-window layers: costs memory, but lets the
     # runtime roll back and shift the cache (KV reuse across chat turns).
     swa_full: bool = True
+    # Fewer generation threads while other processes keep cores busy (see cpu_load.py).
+    # None: on when n_threads is chosen automatically.
+    adaptive_threads: bool | None = None
 
     def replace(self, **changes: object) -> "RuntimeSettings":
         return dataclasses.replace(self, **changes)
@@ -48,6 +51,7 @@ class ResolvedSettings:
     flash_attn: bool | None
     kv_cache_type: str
     swa_full: bool
+    adaptive_threads: bool
     reasons: dict[str, str]
 
     def context_params(self) -> ContextParams:
@@ -99,6 +103,9 @@ def resolve(settings: RuntimeSettings, *, trained_ctx: int | None, cpu: CpuInfo 
         if n_threads < 1:
             raise InvalidArgumentError(f"threads must be at least 1, not {n_threads}")
         reasons["n_threads"] = "requested"
+    adaptive = settings.n_threads is None if settings.adaptive_threads is None else settings.adaptive_threads
+    if adaptive:
+        reasons["adaptive_threads"] = "one thread fewer per core other processes keep busy (llama.cpp's threads spin)"
     # Prompt processing is compute-bound and profits from every physical core.
     n_threads_batch = settings.n_threads_batch or max(n_threads, cpu.physical_cores if settings.n_threads is None else n_threads)
 
@@ -132,5 +139,6 @@ def resolve(settings: RuntimeSettings, *, trained_ctx: int | None, cpu: CpuInfo 
         flash_attn=flash_attn,
         kv_cache_type=kv,
         swa_full=settings.swa_full,
+        adaptive_threads=adaptive,
         reasons=reasons,
     )
