@@ -102,6 +102,7 @@ class ChatSession:
         tools: Sequence[Tool | dict[str, Any]] | None = None,
     ) -> None:
         self.model = model
+        model.warn_if_base("chat")
         self.settings = settings or GenerationSettings()
         self.tools = as_tools(tools)
         self.format = model.chat_format

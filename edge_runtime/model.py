@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Sequence
@@ -18,6 +20,8 @@ from edge_runtime.generate import CancelToken, GenerationResult, GenerationSetti
 from edge_runtime.gguf_file import GGUFHeader, read_header
 from edge_runtime.hardware import CpuInfo
 from edge_runtime.settings import ResolvedSettings, RuntimeSettings, resolve
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class ModelInfo:
     n_params: int | None = None
     n_layer: int | None = None
     n_embd: int | None = None
+    kind: str = "base"  # "base" (pretrained: continues text) or "instruct" (follows chat turns)
 
     @classmethod
     def from_header(cls, header: GGUFHeader, llama: LlamaModel | None = None) -> "ModelInfo":
@@ -59,7 +64,31 @@ class ModelInfo:
             n_params=llama.n_params() if llama else None,
             n_layer=llama.n_layer if llama else None,
             n_embd=llama.n_embd if llama else None,
+            kind=model_kind(header),
         )
+
+
+_INSTRUCT = re.compile(r"(^|[-_. ])(it|instruct|chat)([-_. ]|$)", re.I)
+_BASE = re.compile(r"(^|[-_. ])(pt|base|pretrained)([-_. ]|$)", re.I)
+
+
+def model_kind(header: GGUFHeader) -> str:
+    """"instruct" or "base", from the names the file carries, else from whether it has a chat template."""
+    names = " ".join(str(header.metadata.get(k, "")) for k in ("general.name", "general.finetune", "general.basename"))
+    names += " " + header.path.stem
+    if _INSTRUCT.search(names):
+        return "instruct"
+    if _BASE.search(names):
+        return "base"
+    return "instruct" if header.chat_template is not None else "base"
+
+
+BASE_MODEL_HINT = (
+    "{name} is a base (pretrained) model: it continues text but does not follow chat turns or instructions, "
+    "so chat replies will be poor. For chat, use an instruction-tuned Gemma, e.g. "
+    "`edge-runtime convert google/gemma-3-270m-it -o gemma-3-270m-it.gguf --outtype Q4_K_M` "
+    "and then --model gemma-3-270m-it.gguf"
+)
 
 
 def _load_llama(header: GGUFHeader, settings: ResolvedSettings) -> LlamaModel:
@@ -98,7 +127,14 @@ class Model:
         self.info = ModelInfo.from_header(self.header, self.llama)
         governor = ThreadGovernor(self.settings.n_threads) if self.settings.adaptive_threads else None
         self.generator = Generator(self.llama, self.ctx, governor, self.settings.n_threads_batch)
+        self._warned_base = False
         self.chat_format = ChatFormat.for_model(self.info.architecture, self.llama.chat_template(), self.llama)
+
+    def warn_if_base(self, use: str = "chat") -> None:
+        """Log once per model that a chat-style use of a base model gives poor replies."""
+        if self.info.kind == "base" and not self._warned_base:
+            self._warned_base = True
+            log.warning("%s (%s)", BASE_MODEL_HINT.format(name=self.info.name), use)
 
     # lifecycle
     def close(self) -> None:

@@ -179,7 +179,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print("Model")
     for k, v in info.items():
-        print(f"  {k:18} {v}")
+        hint = "  (continues text; chat needs an instruction-tuned Gemma)" if k == "kind" and v == "base" else ""
+        print(f"  {k:18} {v}{hint}")
     print(f"  {'chat_format':18} {chat}")
     print("Settings")
     for k, v in settings.items():
@@ -239,6 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
                               model_id=args.model_id, max_tokens=args.max_tokens)
     with load_model(args.model, runtime_settings(args)) as model, OpenAIServer(model, settings) as server:
+        model.warn_if_base("the server's /v1/chat/completions")
         print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",
               file=sys.stderr, flush=True)
         try:
