@@ -100,6 +100,7 @@ class ChatSession:
         *,
         settings: GenerationSettings | None = None,
         tools: Sequence[Tool | dict[str, Any]] | None = None,
+        keep_shifted: int = 32,
     ) -> None:
         self.model = model
         model.warn_if_base("chat")
@@ -109,7 +110,8 @@ class ChatSession:
         ids = (model.llama.token_id(t) for t in self.format.turn_tokens)
         self._stop_tokens = tuple(i for i in ids if i is not None)
         self._turn_tokens = TurnTokenCache(model, self.format.start_of_turn)
-        self.messages: list[Message] = []
+        self.messages: list[Message] = []  # the window, after at most `keep_shifted` messages shifted out
+        self.keep_shifted = keep_shifted
         self.system: str | None = None
         self._window_start = 0
         self.set_system(system)
@@ -226,11 +228,19 @@ class ChatSession:
         )
         reserve = max(1, min(settings.max_tokens, self.model.n_ctx // 2))
         tokens, dropped, truncated = self._build_window(reserve)
+        self._forget_shifted()
         settings = settings.replace(max_tokens=min(settings.max_tokens, self.model.n_ctx - len(tokens)))
         inner = self.model.generator.stream(tokens, settings, cancel)
         outer = Stream(iter(()), inner.cancel_token)
         outer._pieces = self._relay(inner, outer, dropped, truncated, len(tokens), time.perf_counter() - t_start)
         return outer
+
+    def _forget_shifted(self) -> None:
+        """Shifted-out messages never come back: keep only the last `keep_shifted` of them."""
+        excess = self._window_start - self.keep_shifted
+        if excess > 0:
+            del self.messages[:excess]
+            self._window_start -= excess
 
     def _relay(
         self, inner: Stream, outer: Stream, dropped: int, truncated: bool, n_tokens: int, window_s: float

@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    for sub in subparsers.choices.values():
+        # -v after the command as well as before it; SUPPRESS keeps a -v given before the command
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="show llama.cpp and debug logs")
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ class GenerationSettings(SamplerParams):
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidArgumentError(f"{name} must be a finite number, not {value!r}")
         if self.max_tokens < 0:
             raise InvalidArgumentError(f"max_tokens must be >= 0, not {self.max_tokens}")
         if self.temperature < 0:

@@ -171,7 +171,9 @@ def check_hparams(header: "GGUFHeader") -> None:
         return value
 
     n_layer = number("block_count")
-    if n_layer is None or not 1 <= n_layer <= _MAX_LAYERS:
+    if n_layer is None:
+        return  # a missing key is an error llama.cpp reports cleanly (and an unknown architecture has none)
+    if not 1 <= n_layer <= _MAX_LAYERS:
         raise bad("block_count", n_layer, f"a model has 1 to {_MAX_LAYERS} layers")
     nextn = number("nextn_predict_layers")
     if nextn is not None and not 0 <= nextn <= n_layer:

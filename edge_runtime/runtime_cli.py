@@ -31,7 +31,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sampling")
-    g.add_argument("-n", "--max-tokens", type=int, default=256)
+    g.add_argument("-n", "--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     g.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
     g.add_argument("--top-k", type=int, default=40)
     g.add_argument("--top-p", type=float, default=0.95)
@@ -58,7 +58,10 @@ def runtime_settings(args: argparse.Namespace):
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
-    return GenerationSettings(
+    """Sampling options -> settings, with errors that name the options (not the library's fields)."""
+    if args.max_tokens < 1:
+        raise InvalidArgumentError(f"--max-tokens must be at least 1, not {args.max_tokens}")
+    settings = GenerationSettings(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -68,6 +71,12 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
         seed=args.seed,
         stop=tuple(args.stop),
     )
+    try:
+        settings.validate()
+    except InvalidArgumentError as exc:
+        field = str(exc).split()[0]
+        raise InvalidArgumentError(str(exc).replace(field, "--" + field.replace("_", "-"), 1)) from None
+    return settings
 
 
 @contextlib.contextmanager
@@ -102,12 +111,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         result = stream.result
         assert result is not None
         if args.json:
-            print(json.dumps({"text": result.text, "finish_reason": result.finish_reason, "metrics": result.metrics.as_dict()}, ensure_ascii=False))
+            print(json.dumps({**result.as_dict(), "tokens": result.tokens}, ensure_ascii=False))
         else:
             print()
             if args.verbose:
                 print(json.dumps(result.metrics.as_dict()), file=sys.stderr)
-    return 0
+    return 130 if result.finish_reason == "cancelled" else 0
+
+
+CHAT_HELP = """commands:
+  /reset         forget the conversation (the system prompt stays)
+  /system TEXT   set the system prompt and start over
+  /help          this list
+  /quit          leave (also Ctrl-D)
+  //text         send a message that starts with /"""
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -118,7 +135,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     with load_model(args.model, runtime_settings(args)) as model:
         session = ChatSession(model, args.system, settings=generation_settings(args))
         if interactive:
-            print(f"{model.info.name} ({model.n_ctx}-token window). /reset, /system TEXT, /quit; Ctrl-C stops a reply.", file=sys.stderr)
+            print(f"{model.info.name} ({model.n_ctx}-token window). /help for commands; Ctrl-C stops a reply.",
+                  file=sys.stderr)
         while True:
             if interactive:
                 try:
@@ -146,12 +164,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 if interactive:
                     print("(system prompt set; conversation cleared)", file=sys.stderr)
                 continue
-            stream = session.send(line)
+            if line.strip() == "/help":
+                print(CHAT_HELP, file=sys.stderr)
+                continue
+            if line.startswith("/") and not line.startswith("//"):
+                print(f"unknown command {line.split()[0]}; /help lists them (start a message with // to send a "
+                      "literal /)", file=sys.stderr)
+                continue
+            stream = session.send(line[1:] if line.startswith("//") else line)
             _print_stream(stream, quiet=args.json)
             result = stream.result
             assert result is not None
             if args.json:
-                print(json.dumps({"text": result.text, "finish_reason": result.finish_reason, "metrics": result.metrics.as_dict()}, ensure_ascii=False), flush=True)
+                print(json.dumps({"truncated": False, **result.as_dict()}, ensure_ascii=False), flush=True)
             else:
                 print("\n" if result.finish_reason != "cancelled" else " [stopped]\n", flush=True)
                 if result.truncated:

@@ -137,7 +137,9 @@ def _list_devices() -> int:
 
     devices = list_input_devices()
     if not devices:
-        raise AudioError("no microphone found: PortAudio reports no input device")
+        print("no input devices (PortAudio reports none): plug in a microphone, or use --replay FILE",
+              file=sys.stderr)
+        return 0
     for d in devices:
         mark = "*" if d.is_default else " "
         print(f"{mark} {d.index:3d}  {d.name}  ({d.channels} ch, {d.default_samplerate} Hz)")

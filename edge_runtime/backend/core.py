@@ -31,7 +31,7 @@ KV_CACHE_TYPES = {"f32": lc.GGML_TYPE_F32, "f16": lc.GGML_TYPE_F16, "bf16": 30, 
 
 # ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous line).
 _LOG_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-_recent_errors: collections.deque[str] = collections.deque(maxlen=20)
+_recent_errors: collections.deque[tuple[int, str]] = collections.deque(maxlen=20)
 _last_level = logging.DEBUG
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -46,7 +46,7 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if not message:
         return
     if py_level >= logging.WARNING:
-        _recent_errors.append(message)
+        _recent_errors.append((py_level, message))
     # llama.cpp is chatty at load time: everything goes to DEBUG, shown with --verbose.
     log.debug("%s", message)
 
@@ -63,11 +63,13 @@ def ensure_backend() -> None:
 
 
 def recent_llama_errors(clear: bool = True) -> list[str]:
-    """Warnings and errors llama.cpp logged since the last call (for error messages)."""
-    messages = list(_recent_errors)
+    """The errors llama.cpp logged since the last call, for error messages (its warnings only when
+    it logged no error: a load that fails must name the cause, not an earlier vocabulary warning)."""
+    entries = list(_recent_errors)
     if clear:
         _recent_errors.clear()
-    return messages
+    errors = [m for level, m in entries if level >= logging.ERROR]
+    return errors or [m for _, m in entries]
 
 
 def system_info() -> str:
