@@ -152,3 +152,33 @@ def test_imatrix_changes_quantization(tmp_path, tmp_path_factory, tiny):
     tokens = reference_tokens(tmp_path_factory)
     ref = gguf_logits(f32, tokens)
     assert compare(ref, gguf_logits(weighted.path, tokens))["kl"] < 0.05
+
+
+def test_preset_table_comes_before_the_work(tmp_path, tiny):
+    proc = run_cli("convert", str(tiny), "-o", str(tmp_path / "t.gguf"), "--preset", "balanced", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    table = next(i for i, line in enumerate(lines) if "max-efficiency  Q4_K_M" in line)
+    wrote = next(i for i, line in enumerate(lines) if line.startswith("wrote "))
+    assert table < wrote and "MiB RAM" in lines[table]
+
+
+def test_a_failed_verify_names_the_texts_the_tokens_and_whether_the_file_is_usable(tmp_path, tiny):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny, ckpt)
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    # The converter reads tokenizer.model; --verify compares with tokenizer.json when there is one.
+    # A word-level tokenizer.json disagrees with the SentencePiece vocabulary on every text.
+    other = Tokenizer(models.WordLevel({"<unk>": 3, "<bos>": 2, "Hello": 9}, unk_token="<unk>"))
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    other.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    other.save(str(ckpt / "tokenizer.json"))
+    proc = run_cli("convert", str(ckpt), "-o", str(tmp_path / "v.gguf"), "--verify", "--no-progress")
+    assert proc.returncode == 1, proc.stderr
+    out = proc.stdout
+    assert "8 of 8 texts tokenize differently" in out
+    assert "'Hello, world! This is a test.': first difference at token 1: Hugging Face [9, 3, 3" in out
+    assert "it is usable, but text tokenized differently" in out

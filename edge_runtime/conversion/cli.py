@@ -56,12 +56,18 @@ def _preset_table(counts: tuple[int, int, int] | None) -> str:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from edge_runtime.conversion.convert import convert_checkpoint
+    from edge_runtime.conversion.convert import PlanSummary, convert_checkpoint
+    from edge_runtime.conversion.verify import describe
+
+    def show_presets(plan: PlanSummary) -> None:  # before the work, from the planned tensors
+        if args.preset and not args.json:
+            table = _preset_table((plan.n_params, plan.n_embd_params, plan.embd_width))
+            print("presets (expected file size and RAM for this model):\n" + table, flush=True)
 
     outtype = args.outtype if args.outtype is not None else (None if args.preset else "f16")
     result = convert_checkpoint(
         args.src, args.output, outtype, preset=args.preset, imatrix=args.imatrix, verify=args.verify,
-        progress=not args.no_progress and sys.stderr.isatty(), n_threads=args.threads,
+        progress=not args.no_progress and sys.stderr.isatty(), n_threads=args.threads, on_plan=show_presets,
     )
     m = result.manifest
     if args.json:
@@ -69,32 +75,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return 0 if not result.verification or result.verification.get("ok") else 1
     print(f"wrote {result.path} ({m['size_bytes'] / 2**20:.1f} MiB, {m['quantization']}, {m['architecture']}) in {result.seconds:.1f} s")
     print(f"sha256 {m['sha256']}; manifest {result.manifest_path}")
-    if args.preset:
-        print("presets (expected file size and RAM for this model):\n" + _preset_table(_count_params(result.path)))
     if result.verification:
-        v = result.verification
-        tok = v.get("tokenizer")
-        if tok is None:
-            print("tokenizer check: skipped (no Hugging Face tokenizer library available)")
-        else:
-            status = "ok" if tok["ok"] else f"{len(tok['mismatches'])} of {tok['texts']} texts differ"
-            print(f"tokenizer check vs {tok['reference']}: {status}")
-        print(f"perplexity on the built-in text ({v['perplexity_tokens']} tokens): {v['perplexity']:.2f}")
-        return 0 if v.get("ok") else 1
+        print("\n".join(describe(result.verification)))
+        return 0 if result.verification.get("ok") else 1
     return 0
-
-
-def _count_params(path) -> tuple[int, int, int] | None:
-    """(all weights, token embedding weights, embedding width) of a GGUF file."""
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(path)
-        total = int(sum(int(t.n_elements) for t in reader.tensors))
-        embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-        return total, int(embd.n_elements) if embd is not None else 0, int(embd.shape[0]) if embd is not None else 256
-    except Exception:  # the counts only decorate the preset table
-        return None
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import gguf
 
@@ -20,6 +22,21 @@ from edge_runtime.errors import ConversionError
 
 Q = gguf.GGMLQuantizationType
 MANIFEST_FORMAT = "edge-runtime.gguf-manifest/1"
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """Sizes of the model about to be written (for expected file sizes)."""
+
+    n_params: int
+    n_embd_params: int  # the token embedding's weights
+    embd_width: int
+
+    @classmethod
+    def of(cls, tensors: Sequence[TensorToWrite]) -> "PlanSummary":
+        total = sum(int(math.prod(t.shape)) for t in tensors)
+        embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
+        return cls(total, int(math.prod(embd.shape)) if embd else 0, int(embd.shape[-1]) if embd else 256)
 
 
 @dataclass
@@ -61,11 +78,13 @@ def convert_checkpoint(
     verify: bool = False,
     progress: bool = True,
     n_threads: int = 2,
+    on_plan: Callable[[PlanSummary], None] | None = None,
 ) -> ConversionResult:
     """Convert a Hugging Face Gemma checkpoint (folder or repo id) to a GGUF file at `out`.
 
     Writes `out` atomically and a manifest at `out + ".json"`. Raises ConversionError
     (or InvalidArgumentError for bad settings) naming the file and the problem.
+    `on_plan` is called with the model's sizes once they are known, before any writing.
     """
     started = time.monotonic()
     ot = resolve_outtype(outtype, preset)
@@ -95,6 +114,8 @@ def convert_checkpoint(
         else:
             base, base_ftype = ot.direct, ot.ftype
         tensors = [TensorToWrite(p.name, p.shape, tensor_type(base, p.shape, p.keep_f32), p.load) for p in plan.tensors]
+        if on_plan is not None:
+            on_plan(PlanSummary.of(tensors))
         data_bytes = sum(t.nbytes for t in tensors) + _vocab_bytes(vocab) + (1 << 20)
         check_free_space(out.parent, data_bytes * (2 if ot.via_llama else 1), f"{out.name}")
         kv = _metadata_writer(plan, vocab, base_ftype, ckpt.config.get("_name_or_path") or src_dir.name)

@@ -103,8 +103,36 @@ def check_tokenizer(gguf_path: Path, hf_dir: Path, texts=SAMPLE_TEXTS) -> Tokeni
             expected = list(encode(text))
             got = model.tokenize(text, add_special=True, parse_special=False)
             if got != expected:
-                check.mismatches.append({"text": text, "hf": expected, "gguf": got})
+                at = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+                check.mismatches.append({"text": text, "hf": expected, "gguf": got, "first_difference": at})
     return check
+
+
+def describe(v: dict) -> list[str]:
+    """Lines reporting a verification (a `Verification.to_dict()`): what differs, and whether the file is usable."""
+    lines = []
+    tok = v.get("tokenizer")
+    if tok is None:
+        lines.append("tokenizer check: skipped (no Hugging Face tokenizer library available)")
+    elif tok["ok"]:
+        lines.append(f"tokenizer check vs {tok['reference']}: ok ({tok['texts']} texts)")
+    else:
+        lines.append(f"tokenizer check vs {tok['reference']}: {len(tok['mismatches'])} of {tok['texts']} texts "
+                     "tokenize differently:")
+        for m in tok["mismatches"]:
+            at = m.get("first_difference", 0)
+            text = m["text"] if len(m["text"]) <= 40 else m["text"][:37] + "..."
+            lines.append(f"  {text!r}: first difference at token {at}: "
+                         f"Hugging Face {m['hf'][at:at + 4]} vs GGUF {m['gguf'][at:at + 4]} "
+                         f"({len(m['hf'])} vs {len(m['gguf'])} tokens)")
+    ppl = v.get("perplexity")
+    usable = ppl is not None and math.isfinite(ppl)
+    lines.append(f"perplexity on the built-in text ({v['perplexity_tokens']} tokens): {ppl:.2f}" if usable
+                 else "perplexity: not finite (the weights are broken)")
+    if not v.get("ok"):
+        lines.append("the file was written and loads; it is usable, but text tokenized differently may generate "
+                     "differently from the original" if usable else "the file is not usable")
+    return lines
 
 
 def perplexity(gguf_path: Path, text: str = PERPLEXITY_TEXT, *, n_threads: int = 2) -> tuple[float, int]:
