@@ -179,8 +179,8 @@ def check_hparams(header: "GGUFHeader") -> None:
     if nextn is not None and not 0 <= nextn <= n_layer:
         raise bad("nextn_predict_layers", nextn, "more than the model's layers")
     for key in ("context_length", "embedding_length"):
-        value = number(key)
-        if value is None or not 1 <= value < 2**31:
+        value = number(key)  # a missing key is reported by llama.cpp itself
+        if value is not None and not 1 <= value < 2**31:
             raise bad(key, value, "must be a positive 32-bit count")
     experts = number("expert_count") or 0
     if not 0 <= experts <= _MAX_EXPERTS:
@@ -196,7 +196,7 @@ def check_hparams(header: "GGUFHeader") -> None:
             raise bad(key, value, f"a per-layer array must have {n_layer} items")
         if any(v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**31) for v in values):
             raise bad(key, value, "counts must be integers from 0")
-    if header.arch_value("attention.head_count") in (0, None):
+    if header.arch_value("attention.head_count") == 0:
         raise bad("attention.head_count", header.arch_value("attention.head_count"), "a model needs attention heads")
 
 

@@ -265,9 +265,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
                               model_id=args.model_id, max_tokens=args.max_tokens)
     with load_model(args.model, runtime_settings(args)) as model, OpenAIServer(model, settings) as server:
-        model.warn_if_base("the server's /v1/chat/completions")
         print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",
               file=sys.stderr, flush=True)
+        model.warn_if_base("the server's /v1/chat/completions")
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -9,6 +9,7 @@ generation at the next token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -170,10 +171,11 @@ class GenerationResponse(Response):
             first = builder.first_chunk()
             if first:
                 await event(sse(first))
-            async for piece in aiter_stream(stream):
-                if gone.is_set():
-                    break
-                await event(sse(builder.piece_chunk(piece)))
+            async with contextlib.aclosing(aiter_stream(stream)) as pieces:  # joins the worker thread on exit
+                async for piece in pieces:
+                    if gone.is_set():
+                        break
+                    await event(sse(builder.piece_chunk(piece)))
             if stream.result is not None and not gone.is_set():
                 for chunk in builder.final_chunks(stream.result):
                     await event(sse(chunk))
