@@ -138,7 +138,11 @@ class GenerationResponse(Response):
                 if self.streaming:
                     await self._stream(send, stream, gone)
                 else:
-                    result = await asyncio.to_thread(stream.consume)
+                    try:
+                        result = await asyncio.to_thread(stream.consume)
+                    except Exception as exc:  # nothing is sent yet: a JSON error
+                        await _error_for(exc)(scope, receive, send)
+                        return
                     if not gone.is_set():
                         body = ResponseBuilder(self.kind, state.model_id).complete(result)
                         await JSONResponse(body)(scope, receive, send)
