@@ -274,3 +274,26 @@ def test_cli_serve_reads_the_key_from_the_environment_and_names_a_bad_host():
     proc = _serve("--host", "10.255.255.1")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "--host" in err and "--port" not in err, err
+
+
+def test_requests_are_logged_without_their_content(server, caplog):
+    caplog.set_level(logging.INFO, logger="edge_runtime.server.access")
+    secret = "my secret question about the merger"
+    with client(server) as c:
+        r = c.chat.completions.create(model="x", messages=[{"role": "user", "content": secret}], max_tokens=3)
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "edge_runtime.server.access"]
+    line = [x for x in lines if x.startswith("POST /v1/chat/completions 200")][-1]
+    assert "content=" in line and "key=key:" in line and "in=" in line and "ms=" in line
+    assert r.usage.prompt_tokens > 0 and secret not in caplog.text and KEY not in caplog.text
+
+
+def test_listening_beyond_loopback_without_a_key_warns(model, caplog):
+    caplog.set_level(logging.WARNING)
+    with OpenAIServer(model, ServerSettings(host="0.0.0.0", port=0)):
+        pass
+    assert "without an API key" in caplog.text
+    caplog.clear()
+    with OpenAIServer(model, ServerSettings(host="0.0.0.0", port=0, api_key="k")), \
+            OpenAIServer(model, ServerSettings(port=0)):
+        pass
+    assert "without an API key" not in caplog.text

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from edge_runtime.errors import ContextSizeError, EdgeRuntimeError, InvalidArgumentError, ToolCallError
 from edge_runtime.generate import Stream, aiter_stream
 from edge_runtime.model import Model
+from edge_runtime.server.access_log import AccessLog
 from edge_runtime.server.auth import authorized
 from edge_runtime.server.requests import ChatJob, CompletionJob, RequestError, parse_chat, parse_completion, parse_json_body
 from edge_runtime.server.responses import CHAT, COMPLETION, ResponseBuilder, error_body, sse
@@ -258,4 +259,4 @@ def build_app(state: ServerState) -> Starlette:
     handlers = {RequestError: on_request_error, HTTPException: on_http_error, ClientDisconnect: on_disconnect,
                 Exception: on_unexpected}
     return Starlette(routes=routes, exception_handlers=handlers,  # type: ignore[arg-type]
-                     middleware=[Middleware(HeaderLimit, limit=settings.max_header_bytes)])
+                     middleware=[Middleware(AccessLog), Middleware(HeaderLimit, limit=settings.max_header_bytes)])

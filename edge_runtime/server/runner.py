@@ -10,6 +10,7 @@ and JSON instead of plain text for requests that are not HTTP.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
 import socket
@@ -93,6 +94,10 @@ class _Uvicorn(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def _loopback(address: str) -> bool:
+    return ipaddress.ip_address(address.split("%")[0]).is_loopback
+
+
 def bind(host: str, port: int, backlog: int) -> socket.socket:
     """A listening TCP socket, or an error naming what to change."""
     where = f"{host}:{port}"
@@ -127,6 +132,9 @@ class OpenAIServer:
         self.model_id = self.settings.model_id or Path(model.info.path).stem
         self.state = ServerState(model, self.settings, self.model_id)
         self.socket = bind(self.settings.host, self.settings.port, self.settings.backlog)
+        if not self.settings.api_key and not _loopback(self.socket.getsockname()[0]):
+            log.warning("listening on %s without an API key: anyone who can reach this address can use the model; "
+                        "set --api-key-file FILE or $EDGE_RUNTIME_API_KEY", self.url)
         protocol = type("Protocol", (_Protocol,), {"header_timeout_s": self.settings.request_timeout_s})
         config = uvicorn.Config(build_app(self.state), http=protocol, lifespan="off", log_config=None,
                                 access_log=False, server_header=False, timeout_keep_alive=self.settings.keep_alive_s,  # type: ignore[arg-type]
