@@ -61,6 +61,8 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """Sampling options -> settings, with errors that name the options (not the library's fields)."""
     if args.max_tokens < 1:
         raise InvalidArgumentError(f"--max-tokens must be at least 1, not {args.max_tokens}")
+    if args.max_queue < 0:
+        raise InvalidArgumentError(f"--max-queue must be 0 or more, not {args.max_queue}")
     settings = GenerationSettings(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -242,6 +244,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     "--api-key-file or $EDGE_RUNTIME_API_KEY)")
     p.add_argument("--api-key-file", metavar="FILE", help="read the API key from the first line of FILE")
     p.add_argument("--model-id", help="model name reported to clients (default: the GGUF's name)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for the model; more get 429 with Retry-After (default 64)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable; default: none)")
     p.add_argument("-n", "--max-tokens", type=int, default=512, help="default and upper bound of max_tokens")
     add_model_options(p)
     p.set_defaults(func=cmd_serve)
@@ -262,8 +268,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 1:
         raise InvalidArgumentError(f"--max-tokens must be at least 1, not {args.max_tokens}")
+    if args.max_queue < 0:
+        raise InvalidArgumentError(f"--max-queue must be 0 or more, not {args.max_queue}")
     settings = ServerSettings(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
-                              model_id=args.model_id, max_tokens=args.max_tokens)
+                              model_id=args.model_id, max_tokens=args.max_tokens, max_queue=args.max_queue,
+                              cors_origins=tuple(args.cors_origin))
     with load_model(args.model, runtime_settings(args)) as model, OpenAIServer(model, settings) as server:
         print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",
               file=sys.stderr, flush=True)

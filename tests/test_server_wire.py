@@ -297,3 +297,32 @@ def test_listening_beyond_loopback_without_a_key_warns(model, caplog):
             OpenAIServer(model, ServerSettings(port=0)):
         pass
     assert "without an API key" not in caplog.text
+
+
+def test_a_full_queue_answers_429_with_retry_after(model):
+    with OpenAIServer(model, ServerSettings(port=0, max_tokens=400, max_queue=1)).start() as srv:
+        host, port = srv.socket.getsockname()[:2]
+        busy = socket.create_connection((host, port), timeout=60)
+        busy.sendall(post("/v1/completions", json.dumps({"prompt": "Once upon a time", "max_tokens": 400,
+                                                         "stream": True}), key=None))
+        _wait_for(lambda: srv.state.active, "the first generation started")
+        queued = socket.create_connection((host, port), timeout=60)
+        queued.sendall(post(CHAT, json.dumps(HELLO), key=None))
+        _wait_for(lambda: srv.state.waiting == 1, "the second request is queued")
+        response = raw(srv, post(CHAT, json.dumps(HELLO), key=None))
+        status, out = status_and_json(response)
+        assert status == 429 and "busy" in out["error"]["message"] and b"retry-after: " in response.lower()
+        busy.close()  # the queued request then runs
+        assert _read_response(queued).startswith(b"HTTP/1.1 200")
+        queued.close()
+
+
+def test_cors_is_off_unless_origins_are_listed(server, model):
+    preflight = (f"OPTIONS {CHAT} HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost:3000\r\n"
+                 "Access-Control-Request-Method: POST\r\n\r\n").encode()
+    assert b"access-control-allow-origin" not in raw(server, preflight).lower()
+    with OpenAIServer(model, ServerSettings(port=0, cors_origins=("http://localhost:3000",))).start() as srv:
+        answer = raw(srv, preflight).lower()
+        assert answer.startswith(b"http/1.1 200") and b"access-control-allow-origin: http://localhost:3000" in answer
+        other = raw(srv, preflight.replace(b"localhost:3000", b"evil.example")).lower()
+        assert b"access-control-allow-origin" not in other

@@ -18,6 +18,7 @@ from typing import Any, Callable, Union
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -48,6 +49,8 @@ class ServerSettings:
     keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
     backlog: int = 2048  # pending connections the kernel queues before accept
     max_header_bytes: int = 16 << 10
+    max_queue: int = 64  # generation requests waiting for the model; more get 429 with Retry-After
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (none: CORS off)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class ServerState:
     settings: ServerSettings
     model_id: str
     active: set[Stream] = field(default_factory=set)
+    waiting: int = 0  # requests queued for the gate
     closed: bool = False  # no generation starts once the model may be freed
     _gate: asyncio.Lock | None = None
     warned_base_chat: bool = False
@@ -123,37 +127,53 @@ class GenerationResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
-        async with state.gate:
-            if state.closed:
-                await _json_error(503, "the server is shutting down", "server_error")(scope, receive, send)
-                return
-            try:
-                stream = await asyncio.to_thread(self.job.start, state.model)
-            except Exception as exc:
-                await _error_for(exc)(scope, receive, send)
-                return
-            state.active.add(stream)
-            gone = asyncio.Event()
-            watcher = asyncio.create_task(self._watch(receive, stream, gone))
-            try:
-                if self.streaming:
-                    await self._stream(send, stream, gone)
-                else:
-                    try:
-                        result = await asyncio.to_thread(stream.consume)
-                    except Exception as exc:  # nothing is sent yet: a JSON error
-                        await _error_for(exc)(scope, receive, send)
-                        return
-                    if not gone.is_set():
-                        body = ResponseBuilder(self.kind, state.model_id).complete(result)
-                        await JSONResponse(body)(scope, receive, send)
-            finally:
-                watcher.cancel()
-                state.active.discard(stream)
-                stream.cancel()
-                if gone.is_set() and stream.result is not None:
-                    log.info("client went away: generation cancelled after %d tokens",
-                             stream.result.metrics.generated_tokens)
+        if state.waiting >= state.settings.max_queue:
+            retry = str(max(1, state.waiting // 2))  # about how long the queue ahead takes, in seconds
+            await _json_error(429, f"the server is busy ({state.waiting} requests waiting); retry after {retry} s",
+                              "rate_limit_error", headers={"Retry-After": retry})(scope, receive, send)
+            return
+        state.waiting += 1
+        try:
+            await state.gate.acquire()
+        finally:
+            state.waiting -= 1
+        try:
+            await self._run(scope, receive, send)
+        finally:
+            state.gate.release()
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        if state.closed:
+            await _json_error(503, "the server is shutting down", "server_error")(scope, receive, send)
+            return
+        try:
+            stream = await asyncio.to_thread(self.job.start, state.model)
+        except Exception as exc:
+            await _error_for(exc)(scope, receive, send)
+            return
+        state.active.add(stream)
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(receive, stream, gone))
+        try:
+            if self.streaming:
+                await self._stream(send, stream, gone)
+            else:
+                try:
+                    result = await asyncio.to_thread(stream.consume)
+                except Exception as exc:  # nothing is sent yet: a JSON error
+                    await _error_for(exc)(scope, receive, send)
+                    return
+                if not gone.is_set():
+                    body = ResponseBuilder(self.kind, state.model_id).complete(result)
+                    await JSONResponse(body)(scope, receive, send)
+        finally:
+            watcher.cancel()
+            state.active.discard(stream)
+            stream.cancel()
+            if gone.is_set() and stream.result is not None:
+                log.info("client went away: generation cancelled after %d tokens",
+                         stream.result.metrics.generated_tokens)
 
     @staticmethod
     async def _watch(receive: Receive, stream: Stream, gone: asyncio.Event) -> None:
@@ -258,5 +278,8 @@ def build_app(state: ServerState) -> Starlette:
     ]
     handlers = {RequestError: on_request_error, HTTPException: on_http_error, ClientDisconnect: on_disconnect,
                 Exception: on_unexpected}
-    return Starlette(routes=routes, exception_handlers=handlers,  # type: ignore[arg-type]
-                     middleware=[Middleware(AccessLog), Middleware(HeaderLimit, limit=settings.max_header_bytes)])
+    middleware = [Middleware(AccessLog), Middleware(HeaderLimit, limit=settings.max_header_bytes)]
+    if settings.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
+    return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)  # type: ignore[arg-type]
