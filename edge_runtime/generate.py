@@ -9,11 +9,11 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator, Sequence
+from typing import AsyncIterator, Callable, Iterator, Sequence
 
 from edge_runtime.backend.core import LlamaContext, LlamaModel, Sampler, SamplerParams
 from edge_runtime.cpu_load import ThreadGovernor
-from edge_runtime.errors import ContextSizeError, InvalidArgumentError
+from edge_runtime.errors import ContextSizeError, GenerationError, InvalidArgumentError
 from edge_runtime.metrics import Metrics, peak_rss_mb
 from edge_runtime.prompt_cache import PromptCache, ReuseOutcome
 from edge_runtime.text_stream import IncrementalDetokenizer, StopMatcher
@@ -158,8 +158,19 @@ class Generator:
         stream._pieces = self._run(list(prompt), settings, cancel, stream)
         return stream
 
+    def stream_evaluated(self, evaluate: Callable[[LlamaContext], list[int]], settings: GenerationSettings,
+                         cancel: CancelToken | None = None) -> Stream:
+        """Stream the reply to a prompt that `evaluate(ctx)` puts into a fresh context itself (a media
+        prompt through mtmd), returning its token ids with -1 where media positions are."""
+        settings.validate()
+        cancel = cancel or CancelToken()
+        stream = Stream(iter(()), cancel)
+        stream._pieces = self._run([], settings, cancel, stream, evaluate)
+        return stream
+
     def _run(
-        self, prompt: list[int], settings: GenerationSettings, cancel: CancelToken, stream: Stream
+        self, prompt: list[int], settings: GenerationSettings, cancel: CancelToken, stream: Stream,
+        evaluate: Callable[[LlamaContext], list[int]] | None = None,
     ) -> Iterator[str]:
         with self._lock:
             t_start = time.perf_counter()
@@ -171,17 +182,30 @@ class Generator:
             self._adapt_threads()
             self.ctx.set_abort_check(lambda: cancel.cancelled)
             try:
-                reuse = self.cache.prepare(prompt)
-                self.last_reuse = reuse
-                metrics.reused_tokens = reuse.reused
-                todo = prompt[reuse.reused :]
                 t_prompt = time.perf_counter()
-                n_done = self.ctx.decode(todo, reuse.reused, logits="last")
-                if n_done < len(todo):
-                    self.cache.sync_after_abort(prompt)
-                    finish = "cancelled"
-                    return
-                self.cache.extend(todo)
+                if evaluate is not None:
+                    self.cache.reset()
+                    try:
+                        prompt = todo = evaluate(self.ctx)
+                    except GenerationError:
+                        self.cache.reset()
+                        if cancel.cancelled:
+                            finish = "cancelled"
+                            return
+                        raise
+                    metrics.prompt_tokens = len(prompt)
+                    self.cache.extend(prompt)  # -1 at media positions: a later prompt never matches them
+                else:
+                    reuse = self.cache.prepare(prompt)
+                    self.last_reuse = reuse
+                    metrics.reused_tokens = reuse.reused
+                    todo = prompt[reuse.reused :]
+                    n_done = self.ctx.decode(todo, reuse.reused, logits="last")
+                    if n_done < len(todo):
+                        self.cache.sync_after_abort(prompt)
+                        finish = "cancelled"
+                        return
+                    self.cache.extend(todo)
                 # From here `cancel` is checked before every token; llama.cpp's per-node poll
                 # would only slow the one-token decodes down.
                 self.ctx.set_abort_check(None)
@@ -189,7 +213,8 @@ class Generator:
                 metrics.prompt_tps = len(todo) / prompt_s if prompt_s > 0 else 0.0
                 if settings.repeat_penalty != 1.0:
                     for tok in prompt[-settings.repeat_last_n :]:
-                        sampler.accept(tok)
+                        if tok >= 0:
+                            sampler.accept(tok)
 
                 detok = IncrementalDetokenizer(self.model.token_to_piece)
                 stops = StopMatcher(settings.stop)

@@ -19,6 +19,7 @@ from edge_runtime.errors import InvalidModelError, ModelError, UnsupportedModelE
 from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Generator, Stream, aiter_stream
 from edge_runtime.gguf_file import GGUFHeader, read_header
 from edge_runtime.hardware import CpuInfo
+from edge_runtime.media import Part, build_media_prompt, is_media_prompt
 from edge_runtime.settings import ResolvedSettings, RuntimeSettings, resolve
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,10 @@ class Model:
         settings: RuntimeSettings | None = None,
         *,
         cpu: CpuInfo | None = None,
+        mmproj: str | os.PathLike[str] | None = None,
     ) -> None:
         path = Path(path) if path is not None else default_model_path()
+        self.projector = None
         self.header = read_header(path)
         self.settings = resolve(settings or RuntimeSettings(), trained_ctx=self.header.context_length, cpu=cpu)
         self.llama = _load_llama(self.header, self.settings)
@@ -128,6 +131,12 @@ class Model:
         governor = ThreadGovernor(self.settings.n_threads) if self.settings.adaptive_threads else None
         self.generator = Generator(self.llama, self.ctx, governor, self.settings.n_threads_batch)
         self._warned_base = False
+        if mmproj is not None:
+            try:
+                self.load_projector(mmproj)
+            except BaseException:
+                self.close()
+                raise
         self.chat_format = ChatFormat.for_model(self.info.architecture, self.llama.chat_template(), self.llama)
 
     def warn_if_base(self, use: str = "chat") -> None:
@@ -136,8 +145,20 @@ class Model:
             self._warned_base = True
             log.warning("%s (%s)", BASE_MODEL_HINT.format(name=self.info.name), use)
 
+    def load_projector(self, path: str | os.PathLike[str]) -> None:
+        """Load the model's multimodal projector (mmproj GGUF) so prompts can hold images or audio."""
+        from edge_runtime.backend.mtmd import MultimodalProjector
+
+        if self.projector is not None:
+            self.projector.close()
+        self.projector = MultimodalProjector(path, self.llama, n_threads=self.settings.n_threads_batch,
+                                             require_audio=False)
+
     # lifecycle
     def close(self) -> None:
+        if getattr(self, "projector", None) is not None:
+            self.projector.close()
+            self.projector = None
         self.ctx.close()
         self.llama.close()
 
@@ -162,21 +183,31 @@ class Model:
     # generation
     def stream(
         self,
-        prompt: str | Sequence[int],
+        prompt: str | Sequence[int] | Sequence[Part],
         settings: GenerationSettings | None = None,
         *,
         cancel: CancelToken | None = None,
         **overrides: object,
     ) -> Stream:
-        """Stream the completion of `prompt` (text gets BOS prepended) as text pieces."""
+        """Stream the completion of `prompt` as text pieces: text (BOS prepended), token ids, or a
+        list of parts mixing text with `media.Image` / `media.Audio` (needs the projector)."""
         settings = settings or GenerationSettings()
         if overrides:
             settings = settings.replace(**overrides)
+        if is_media_prompt(prompt):
+            from edge_runtime.backend.mtmd import default_marker
+
+            projector = self.projector
+            text, media = build_media_prompt(prompt, projector, self.info.architecture, default_marker())
+            return self.generator.stream_evaluated(
+                lambda ctx: projector.eval_prompt(ctx, text, media)[1], settings, cancel)
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            prompt = "".join(prompt)
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         return self.generator.stream(tokens, settings, cancel)
 
     def generate(
-        self, prompt: str | Sequence[int], settings: GenerationSettings | None = None, **overrides: object
+        self, prompt: str | Sequence[int] | Sequence[Part], settings: GenerationSettings | None = None, **overrides: object
     ) -> GenerationResult:
         return self.stream(prompt, settings, **overrides).consume()
 
@@ -193,10 +224,12 @@ class Model:
 
 
 def load_model(
-    path: str | os.PathLike[str] | None = None, settings: RuntimeSettings | None = None, **overrides: object
+    path: str | os.PathLike[str] | None = None, settings: RuntimeSettings | None = None, *,
+    mmproj: str | os.PathLike[str] | None = None, **overrides: object
 ) -> Model:
-    """Load a GGUF (the default model when path is None). Keyword overrides go to RuntimeSettings."""
+    """Load a GGUF (the default model when path is None), with its projector for media when given.
+    Keyword overrides go to RuntimeSettings."""
     settings = settings or RuntimeSettings()
     if overrides:
         settings = settings.replace(**overrides)
-    return Model(path, settings)
+    return Model(path, settings, mmproj=mmproj)

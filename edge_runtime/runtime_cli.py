@@ -61,8 +61,6 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """Sampling options -> settings, with errors that name the options (not the library's fields)."""
     if args.max_tokens < 1:
         raise InvalidArgumentError(f"--max-tokens must be at least 1, not {args.max_tokens}")
-    if args.max_queue < 0:
-        raise InvalidArgumentError(f"--max-queue must be 0 or more, not {args.max_queue}")
     settings = GenerationSettings(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -106,9 +104,13 @@ def _print_stream(stream: Stream, quiet: bool) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from edge_runtime.model import load_model
 
+    from edge_runtime.media import Audio, Image, split_marked
+
     prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
-    with load_model(args.model, runtime_settings(args)) as model:
-        stream = model.stream(prompt, generation_settings(args))
+    media = [Image(p) for p in args.image] + [Audio(p) for p in args.audio]
+    settings = generation_settings(args)
+    with load_model(args.model, runtime_settings(args), mmproj=args.mmproj) as model:
+        stream = model.stream(split_marked(prompt, media) if media else prompt, settings)
         _print_stream(stream, quiet=args.json)
         result = stream.result
         assert result is not None
@@ -226,7 +228,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="stream a completion of PROMPT")
-    p.add_argument("prompt", help="the prompt text, or - to read it from stdin")
+    p.add_argument("prompt", help="the prompt text, or - to read it from stdin; <__media__> marks where media go")
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image for the prompt (repeatable)")
+    p.add_argument("--audio", action="append", default=[], metavar="FILE", help="a clip for the prompt (repeatable)")
+    p.add_argument("--mmproj", metavar="FILE", help="the model's multimodal projector GGUF (for --image / --audio)")
     add_model_options(p)
     add_sampling_options(p)
     p.set_defaults(func=cmd_generate)

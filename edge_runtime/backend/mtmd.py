@@ -260,6 +260,93 @@ class MultimodalProjector:
             self._tokenize(chunks, default_marker(), bitmap, add_special=False)
             return self._encode(chunks, mt.MTMD_INPUT_CHUNK_TYPE_IMAGE, "the image")
 
+    # prompts mixing text and media
+    def decode(self, data: bytes, what: str) -> np.ndarray:
+        """Decode an encoded image (PNG, JPEG, BMP, ...) or audio file (WAV, MP3, FLAC) held in memory:
+        an RGB uint8 array [h, w, 3], or mono float32 samples at the projector's rate."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        recent_llama_errors()
+        bitmap = mt.mtmd_helper_bitmap_init_from_buf(self.ptr, buf, len(data), False) if data else None
+        if not bitmap:
+            raise InvalidArgumentError(f"{what} is not an image or audio file this runtime can read "
+                                       "(PNG, JPEG, BMP, GIF, WAV, MP3, FLAC)")
+        try:
+            n = int(mt.mtmd_bitmap_get_n_bytes(bitmap))
+            raw = ctypes.string_at(mt.mtmd_bitmap_get_data(bitmap), n)
+            if mt.mtmd_bitmap_is_audio(bitmap):
+                return np.frombuffer(raw, dtype=np.float32).copy()
+            h, w = int(mt.mtmd_bitmap_get_ny(bitmap)), int(mt.mtmd_bitmap_get_nx(bitmap))
+            return np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3).copy()
+        finally:
+            mt.mtmd_bitmap_free(bitmap)
+
+    def _bitmap(self, item: object):
+        """An mtmd bitmap for an RGB uint8 array ([h, w, 3]) or 16 kHz mono float32 samples (1-D)."""
+        arr = np.asarray(item)
+        if arr.ndim == 1:
+            return self._audio_bitmap(self._check_samples(arr, None))
+        if not self.supports_vision:
+            raise UnsupportedModelError(f"{self.path} has no vision encoder: this model cannot take images")
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
+            raise InvalidArgumentError(f"an image must be a [height, width, 3] uint8 RGB array, got {arr.dtype} {arr.shape}")
+        arr = np.ascontiguousarray(arr)
+        bitmap = mt.mtmd_bitmap_init(arr.shape[1], arr.shape[0], arr.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte)))
+        if not bitmap:
+            raise InvalidArgumentError("mtmd could not take the image")
+        return bitmap
+
+    def eval_prompt(self, ctx: LlamaContext, text: str, media: list[np.ndarray], *, n_past: int = 0,
+                    add_special: bool = True) -> tuple[int, list[int]]:
+        """Evaluate `text` whose markers stand for `media` (in order) into `ctx` from `n_past`.
+
+        Returns (new n_past, the prompt's token ids with -1 at media positions). The last
+        position's logits are kept, ready for sampling.
+        """
+        marker = default_marker()
+        if text.count(marker) != len(media):
+            raise InvalidArgumentError(f"the prompt holds {text.count(marker)} media markers for {len(media)} media items")
+        bitmaps = []
+        try:
+            for item in media:
+                bitmaps.append(self._bitmap(item))
+            encoded = text.encode("utf-8")
+            inp = mt.mtmd_input_text(encoded, len(encoded), add_special, True)
+            array = (mt.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+            with _Chunks() as chunks:
+                recent_llama_errors()
+                if mt.mtmd_tokenize(self.ptr, chunks.ptr, ctypes.byref(inp), array, len(bitmaps)) != 0:
+                    raise GenerationError("mtmd could not tokenize the media prompt: "
+                                          + ("; ".join(recent_llama_errors()) or "no reason given"))
+                tokens = self._chunk_tokens(chunks)
+                if n_past + len(tokens) > ctx.n_ctx:
+                    raise InvalidArgumentError(
+                        f"the prompt with its media needs {len(tokens)} positions, more than the "
+                        f"{ctx.n_ctx - n_past} left in the window; load the model with --ctx {n_past + len(tokens) + 256}")
+                new_n_past = lc.llama_pos(0)
+                status = mt.mtmd_helper_eval_chunks(self.ptr, ctx.ptr, chunks.ptr, n_past, 0, ctx.params.n_batch,
+                                                    True, ctypes.byref(new_n_past))
+        finally:
+            for bitmap in bitmaps:
+                mt.mtmd_bitmap_free(bitmap)
+        if status != 0:
+            raise GenerationError("llama.cpp failed to evaluate the media prompt: "
+                                  + ("; ".join(recent_llama_errors()) or f"status {status}"))
+        return int(new_n_past.value), tokens
+
+    @staticmethod
+    def _chunk_tokens(chunks: _Chunks) -> list[int]:
+        """Token ids of every text chunk, -1 for each position a media chunk takes."""
+        out: list[int] = []
+        for i in range(len(chunks)):
+            chunk = chunks.get(i)
+            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t(0)
+                ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                out.extend(int(ptr[k]) for k in range(n.value))
+            else:
+                out.extend([-1] * int(mt.mtmd_input_chunk_get_n_pos(chunk)))
+        return out
+
     def count_audio_tokens(self, text: str, samples: np.ndarray, sample_rate: int | None = None) -> int:
         """Positions the prompt (text and audio) will take in the context."""
         arr = self._check_samples(samples, sample_rate)
