@@ -247,8 +247,13 @@ class MultimodalProjector:
 
         mtmd resizes and normalizes the image the way the model's preprocessor does.
         """
+        with _Chunks() as chunks:
+            self._tokenize(chunks, default_marker(), self._image_bitmap(rgb), add_special=False)
+            return self._encode(chunks, mt.MTMD_INPUT_CHUNK_TYPE_IMAGE, "the image")
+
+    def _image_bitmap(self, rgb: np.ndarray):
         if not self.supports_vision:
-            raise UnsupportedModelError(f"{self.path} has no vision encoder")
+            raise UnsupportedModelError(f"{self.path} has no vision encoder: this model cannot take images")
         arr = np.asarray(rgb)
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
             raise InvalidArgumentError(f"an image must be a [height, width, 3] uint8 RGB array, got {arr.dtype} {arr.shape}")
@@ -256,9 +261,7 @@ class MultimodalProjector:
         bitmap = mt.mtmd_bitmap_init(arr.shape[1], arr.shape[0], arr.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte)))
         if not bitmap:
             raise InvalidArgumentError("mtmd could not take the image")
-        with _Chunks() as chunks:
-            self._tokenize(chunks, default_marker(), bitmap, add_special=False)
-            return self._encode(chunks, mt.MTMD_INPUT_CHUNK_TYPE_IMAGE, "the image")
+        return bitmap
 
     # prompts mixing text and media
     def decode(self, data: bytes, what: str) -> np.ndarray:
@@ -283,17 +286,7 @@ class MultimodalProjector:
     def _bitmap(self, item: object):
         """An mtmd bitmap for an RGB uint8 array ([h, w, 3]) or 16 kHz mono float32 samples (1-D)."""
         arr = np.asarray(item)
-        if arr.ndim == 1:
-            return self._audio_bitmap(self._check_samples(arr, None))
-        if not self.supports_vision:
-            raise UnsupportedModelError(f"{self.path} has no vision encoder: this model cannot take images")
-        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or min(arr.shape[:2]) < 1:
-            raise InvalidArgumentError(f"an image must be a [height, width, 3] uint8 RGB array, got {arr.dtype} {arr.shape}")
-        arr = np.ascontiguousarray(arr)
-        bitmap = mt.mtmd_bitmap_init(arr.shape[1], arr.shape[0], arr.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte)))
-        if not bitmap:
-            raise InvalidArgumentError("mtmd could not take the image")
-        return bitmap
+        return self._audio_bitmap(self._check_samples(arr, None)) if arr.ndim == 1 else self._image_bitmap(arr)
 
     def eval_prompt(self, ctx: LlamaContext, text: str, media: list[np.ndarray], *, n_past: int = 0,
                     add_special: bool = True) -> tuple[int, list[int]]:
