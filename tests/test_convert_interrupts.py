@@ -153,3 +153,15 @@ def test_unpack_into_too_small_a_place_is_refused_first_and_leaves_no_folder(def
     assert proc.returncode == 1 and "not enough disk space" in proc.stderr, proc.stderr
     assert list(small_disk.iterdir()) == []
     print(f"refused after {time.monotonic() - t0:.1f} s")
+
+
+def test_a_library_script_without_a_main_guard_quantizes(tiny, tmp_path):
+    """The quantizer's child process is `python -m ...`, never a re-run of the caller's script
+    (multiprocessing's spawn re-imports __main__: a script from stdin could not even start it)."""
+    out = tmp_path / "q.gguf"
+    script = (f"from edge_runtime.conversion import convert_checkpoint\n"
+              f"print('top level ran')\n"
+              f"convert_checkpoint({str(tiny)!r}, {str(out)!r}, 'Q4_K_M', progress=False)\n")
+    proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("top level ran") == 1 and out.is_file()

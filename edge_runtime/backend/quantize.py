@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
 import os
 import signal
 import struct
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -85,46 +87,49 @@ def quantize_model(
     """Quantize a GGUF file (F32/F16/BF16 weights) to `ftype` (a llama_ftype value) with llama.cpp's type plan.
 
     `llama_model_quantize` is one native call with no way to stop it, so it runs in a child
-    process: Ctrl-C or SIGTERM here ends the child at once and the caller cleans up.
+    process (`python -m edge_runtime.backend.quantize`, never a re-run of the caller's script):
+    Ctrl-C or SIGTERM here ends the child at once and the caller cleans up.
     """
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding llama.cpp threads
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_quantize_child, name="edge-runtime-quantize", daemon=True,
-                        args=(send, os.fspath(src), os.fspath(dst), ftype, n_threads, imatrix, max_buf_mib))
-    child.start()
-    send.close()
-    try:
-        child.join()
-    except BaseException:  # KeyboardInterrupt, SystemExit from a signal handler
-        child.terminate()
-        child.join(5)
-        if child.is_alive():
-            child.kill()
-            child.join()
-        raise
-    finally:
+    with tempfile.TemporaryDirectory(prefix="edge-runtime-quantize-") as scratch:
+        args = [sys.executable, "-m", "edge_runtime.backend.quantize", os.fspath(src), os.fspath(dst),
+                str(int(ftype)), str(int(n_threads)), str(int(max_buf_mib))]
+        if imatrix:
+            path = os.path.join(scratch, "imatrix.npz")
+            np.savez(path, **{f"t{i}": v for i, v in enumerate(imatrix.values())},
+                     names=np.array(list(imatrix), dtype=object))
+            args.append(path)
+        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            error = receive.recv() if receive.poll() else None
-        except EOFError:  # the child ended without a word: it succeeded, or the exit code tells
-            error = None
-        receive.close()
-    if child.exitcode != 0 or error:
-        reason = error or f"the quantizer process ended with exit code {child.exitcode}"
+            _, err = child.communicate()
+        except BaseException:  # KeyboardInterrupt, or Terminated from the CLI's SIGTERM handler
+            child.terminate()
+            try:
+                child.wait(5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            raise
+    if child.returncode != 0:
+        lines = [line for line in (err or "").splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"the quantizer process ended with exit code {child.returncode}"
         raise ConversionError(f"llama.cpp could not quantize {src} to {dst}: {reason}")
 
 
-def _quantize_child(report, src: str, dst: str, ftype: int, n_threads: int,
-                    imatrix: dict[str, np.ndarray] | None, max_buf_mib: int) -> None:
-    """The child process: run the quantizer, send back an error text (or nothing)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates us when it is interrupted
+def _child_main(argv: list[str]) -> int:
+    """`python -m edge_runtime.backend.quantize SRC DST FTYPE THREADS MAX_BUF_MIB [IMATRIX.npz]`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates us when interrupted
+    src, dst, ftype, n_threads, max_buf_mib = argv[:5]
+    imatrix = None
+    if len(argv) > 5:
+        with np.load(argv[5], allow_pickle=True) as data:
+            names = list(data["names"])
+            imatrix = {name: data[f"t{i}"] for i, name in enumerate(names)}
     try:
-        _quantize_here(src, dst, ftype, n_threads, imatrix, max_buf_mib)
+        _quantize_here(src, dst, int(ftype), int(n_threads), imatrix, int(max_buf_mib))
     except ConversionError as exc:
-        report.send(str(exc))
-    except Exception as exc:
-        report.send(f"{type(exc).__name__}: {exc}")
-    finally:
-        report.close()
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
 
 
 def _quantize_here(src: str, dst: str, ftype: int, n_threads: int,
@@ -153,3 +158,7 @@ def _quantize_here(src: str, dst: str, ftype: int, n_threads: int,
     del keep
     if rc != 0:
         raise ConversionError("; ".join(recent_llama_errors()) or f"error code {rc}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main(sys.argv[1:]))
