@@ -233,11 +233,6 @@ def _resampled(blocks: Iterator[np.ndarray], rate: int, target_rate: int, path: 
             close()
 
 
-def load_file(path: str | os.PathLike, *, target_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, AudioInfo]:
-    """Decode a file (WAV, FLAC, OGG, MP3, ...) to mono float32 at `target_rate`."""
-    return load_audio(path, target_rate=target_rate)
-
-
 def stream_audio(source: AudioInput, sample_rate: int | None = None, *, channels: int | None = None,
                  target_rate: int = SAMPLE_RATE) -> tuple[AudioInfo, Iterator[np.ndarray]]:
     """A file path or a raw array -> (AudioInfo, mono float32 blocks at `target_rate`).

@@ -125,6 +125,18 @@ def _write_failure(path: Path, exc: OSError) -> ConversionError | None:
 
 
 @contextlib.contextmanager
+def _reported_as(path: Path) -> Iterator[None]:
+    """Turn an OSError from writing `path` (disk full, unwritable) into a ConversionError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        error = _write_failure(path, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+@contextlib.contextmanager
 def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path next to `path`; renamed onto `path` on success, removed on any failure.
 
@@ -135,13 +147,9 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        error = _write_failure(path, exc)
-        if error is None:
-            raise
-        raise error from None
+        with _reported_as(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -159,19 +167,15 @@ def staged_folder(out_dir: Path) -> Iterator[Path]:
     remove_stale_temps(home / out_dir.name)
     staging = home / f".{out_dir.name}.{os.getpid()}.staging.tmp"
     try:
-        staging.mkdir()
-        yield staging
-        if out_dir.is_dir():
-            for f in staging.iterdir():
-                os.replace(f, out_dir / f.name)
-        else:
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, out_dir)
-    except OSError as exc:
-        error = _write_failure(staging, exc)
-        if error is None:
-            raise
-        raise error from None
+        with _reported_as(staging):
+            staging.mkdir()
+            yield staging
+            if out_dir.is_dir():
+                for f in staging.iterdir():
+                    os.replace(f, out_dir / f.name)
+            else:
+                out_dir.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -64,7 +64,6 @@ class ServerState:
     waiting: int = 0  # requests queued for the gate
     closed: bool = False  # no generation starts once the model may be freed
     _gate: asyncio.Lock | None = None
-    warned_base_chat: bool = False
 
     @property
     def gate(self) -> asyncio.Lock:
