@@ -23,10 +23,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from edge_runtime.chat_format import Message, as_messages
+from edge_runtime.chat_format import MEDIA_SLOT, Message, as_messages
 from edge_runtime.errors import ContextSizeError, InvalidArgumentError
-from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Stream
+from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Stream, suggest_ctx
+from edge_runtime.media import Part
 from edge_runtime.model import Model
+from edge_runtime.prompt_plan import PromptPlan
 from edge_runtime.tools import Tool, ToolCall, as_tools, parse_tool_calls
 
 log = logging.getLogger(__name__)
@@ -74,13 +76,13 @@ class TurnTokenCache:
         parts = text.split(self.marker)
         return [p for p in parts[:1] if p] + [self.marker + p for p in parts[1:]]
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, bos: bool = True) -> list[int]:
         out: list[int] = []
         for i, piece in enumerate(self._pieces(text) or [""]):
-            key = (i == 0, piece)
+            key = (bos and i == 0, piece)
             tokens = self._cache.get(key)
             if tokens is None:
-                tokens = self.model.tokenize(piece, add_bos=i == 0, special=True)
+                tokens = self.model.tokenize(piece, add_bos=key[0], special=True)
                 self._cache[key] = tokens
                 if len(self._cache) > self.max_entries:
                     self._cache.popitem(last=False)
@@ -151,9 +153,17 @@ class ChatSession:
     def _pinned(self) -> list[Message]:
         return [Message("system", self.system)] if self.system else []
 
-    def _tokenize(self, messages: Sequence[Message], *, generation: bool = True) -> list[int]:
+    def _tokenize(self, messages: Sequence[Message], *, generation: bool = True) -> PromptPlan:
         text = self.format.render(messages, add_generation_prompt=generation, tools=self.tools)
-        return self._turn_tokens.tokenize(text)
+        media = [item for m in messages for item in m.media]
+        if text.count(MEDIA_SLOT) != len(media):
+            raise InvalidArgumentError(f"the messages hold {len(media)} media items but their text "
+                                       f"{text.count(MEDIA_SLOT)} places for them; build media messages with "
+                                       "Message.of_parts or send a list of parts")
+        if not media:
+            return PromptPlan.of_tokens(self._turn_tokens.tokenize(text))
+        parts = Message("user", text, media=tuple(media)).parts()
+        return self.model.plan(parts, tokenize=self._turn_tokens.tokenize)
 
     def _next_start(self, start: int) -> int:
         """Index of the user message after the exchange that begins at `start`."""
@@ -162,11 +172,12 @@ class ChatSession:
             i += 1
         return i
 
-    def _build_window(self, reserve: int) -> tuple[list[int], int, bool]:
-        """Prompt tokens for the current history; (tokens, dropped, truncated)."""
+    def _build_window(self, reserve: int) -> tuple[PromptPlan, int, bool]:
+        """The prompt for the current history; (plan, dropped, truncated)."""
         n_ctx = self.model.n_ctx
         budget = n_ctx - reserve
         dropped = 0
+        start = self._window_start
         last = len(self.messages) - 1
         while True:
             window = self._pinned() + self.messages[self._window_start :]
@@ -180,6 +191,14 @@ class ChatSession:
             self._window_start = nxt
         # Only the newest exchange is left and it still does not fit: cut the last message.
         msg = self.messages[last]
+        if msg.media:
+            need = len(self._tokenize(self._pinned() + [msg]))
+            del self.messages[last]
+            self._window_start = min(start, len(self.messages))
+            raise ContextSizeError(
+                f"the message with its media takes {need} positions, but the {n_ctx}-position window has room for "
+                f"{budget} besides the reply; load the model with --ctx {suggest_ctx(need + reserve)} or more, "
+                "or send smaller or fewer media")
         head = self._pinned() + self.messages[self._window_start : last] + [Message(msg.role, "", name=msg.name)]
         room = budget - len(self._tokenize(head))
         if room <= 0:
@@ -205,19 +224,23 @@ class ChatSession:
     # talking
     def send(
         self,
-        content: str | None,
+        content: str | Sequence[Part] | None,
         *,
         settings: GenerationSettings | None = None,
         cancel: CancelToken | None = None,
     ) -> Stream:
-        """Add a user message (None: continue after tool results) and stream the reply.
+        """Add a user message (None: continue after tool results) and stream the reply. The message is
+        text, or a list of parts mixing text with `media.Image` / `media.Audio` (the model's projector loaded).
 
         The returned Stream's `result` is a ChatResult once it has been consumed.
         """
         if content is not None:
-            if not isinstance(content, str):
-                raise InvalidArgumentError(f"a chat message must be text, not {type(content).__name__}")
-            self.messages.append(Message("user", content))
+            if isinstance(content, (list, tuple)):
+                self.messages.append(Message.of_parts("user", content))
+            elif isinstance(content, str):
+                self.messages.append(Message("user", content))
+            else:
+                raise InvalidArgumentError(f"a chat message must be text or a list of parts, not {type(content).__name__}")
         elif not self.messages:
             raise InvalidArgumentError("nothing to reply to: send a message first")
         t_start = time.perf_counter()

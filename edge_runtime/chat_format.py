@@ -24,16 +24,19 @@ if TYPE_CHECKING:
     from edge_runtime.tools import Tool, ToolCall
 
 ROLES = ("system", "user", "assistant", "tool")
+MEDIA_SLOT = "\ue000"  # a private-use character: where a message's media item sits in its rendered text
 
 
 @dataclass
 class Message:
-    """One chat message. `tool_calls` on assistant messages; `name` on tool results."""
+    """One chat message. `tool_calls` on assistant messages; `name` on tool results; `media` (Image/Audio
+    parts) on user messages, each placed where `content` holds MEDIA_SLOT (see `Message.of_parts`)."""
 
     role: str
     content: str = ""
     tool_calls: list["ToolCall"] = field(default_factory=list)
     name: str | None = None
+    media: tuple = ()
 
     def __post_init__(self) -> None:
         if self.role == "model":
@@ -42,6 +45,29 @@ class Message:
             raise InvalidArgumentError(f"unknown chat role {self.role!r}; use one of {', '.join(ROLES)}")
         if not isinstance(self.content, str):
             raise InvalidArgumentError(f"message content must be text, not {type(self.content).__name__}")
+
+    @classmethod
+    def of_parts(cls, role: str, parts: Sequence[Any]) -> "Message":
+        """A message from parts: text pieces with Image/Audio items between them."""
+        from edge_runtime.media import media_kind
+
+        text, media = [], []
+        for part in parts:
+            if isinstance(part, str):
+                text.append(part.replace(MEDIA_SLOT, ""))
+            else:
+                media_kind(part)  # refuses anything but Image and Audio
+                text.append(MEDIA_SLOT)
+                media.append(part)
+        return cls(role, "".join(text), media=tuple(media))
+
+    def parts(self) -> list[Any]:
+        """Text pieces and media items in order (the inverse of `of_parts`)."""
+        pieces = self.content.split(MEDIA_SLOT)
+        out: list[Any] = [pieces[0]]
+        for item, text in zip(self.media, pieces[1:]):
+            out += [item, text]
+        return [p for p in out if not isinstance(p, str) or p]
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}

@@ -9,13 +9,14 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterator, Sequence
+from typing import AsyncIterator, Iterator, Sequence
 
 from edge_runtime.backend.core import LlamaContext, LlamaModel, Sampler, SamplerParams
 from edge_runtime.cpu_load import ThreadGovernor
 from edge_runtime.errors import ContextSizeError, GenerationError, InvalidArgumentError
 from edge_runtime.metrics import Metrics, peak_rss_mb
 from edge_runtime.prompt_cache import PromptCache, ReuseOutcome
+from edge_runtime.prompt_plan import EvalReport, PromptPlan
 from edge_runtime.text_stream import IncrementalDetokenizer, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,11 @@ class Stream:
         return self.result
 
 
+def suggest_ctx(positions: int) -> int:
+    """A --ctx that holds `positions` with room for a reply: the next multiple of 256 past it plus 256."""
+    return (positions // 256 + 2) * 256
+
+
 class Generator:
     """Owns one context's generation loop and its prompt cache. One call at a time."""
 
@@ -143,37 +149,29 @@ class Generator:
             self._threads = n
 
     def stream(
-        self, prompt: Sequence[int], settings: GenerationSettings, cancel: CancelToken | None = None
+        self, prompt: Sequence[int] | PromptPlan, settings: GenerationSettings, cancel: CancelToken | None = None
     ) -> Stream:
+        """Stream the reply to `prompt`: token ids, or a plan mixing tokens with media spans."""
         settings.validate()
-        if not prompt:
+        plan = prompt if isinstance(prompt, PromptPlan) else PromptPlan.of_tokens(prompt)
+        n = len(plan)
+        if not n:
             raise InvalidArgumentError("the prompt is empty")
-        if len(prompt) >= self.ctx.n_ctx:
+        if n >= self.ctx.n_ctx:
+            what = "positions with its media" if plan.has_media else "tokens"
             raise ContextSizeError(
-                f"the prompt has {len(prompt)} tokens but the context holds {self.ctx.n_ctx}; "
-                "shorten the prompt or load the model with a larger --ctx"
+                f"the prompt takes {n} {what} but the context holds {self.ctx.n_ctx}; "
+                f"shorten the prompt or load the model with --ctx {suggest_ctx(n)} or more"
             )
         cancel = cancel or CancelToken()
         stream = Stream(iter(()), cancel)
-        stream._pieces = self._run(list(prompt), settings, cancel, stream)
+        stream._pieces = self._run(plan, settings, cancel, stream)
         return stream
 
-    def stream_evaluated(self, evaluate: Callable[[LlamaContext], list[int]], settings: GenerationSettings,
-                         cancel: CancelToken | None = None) -> Stream:
-        """Stream the reply to a prompt that `evaluate(ctx)` puts into a fresh context itself (a media
-        prompt through mtmd), returning its token ids with -1 where media positions are."""
-        settings.validate()
-        cancel = cancel or CancelToken()
-        stream = Stream(iter(()), cancel)
-        stream._pieces = self._run([], settings, cancel, stream, evaluate)
-        return stream
-
-    def _run(
-        self, prompt: list[int], settings: GenerationSettings, cancel: CancelToken, stream: Stream,
-        evaluate: Callable[[LlamaContext], list[int]] | None = None,
-    ) -> Iterator[str]:
+    def _run(self, plan: PromptPlan, settings: GenerationSettings, cancel: CancelToken, stream: Stream) -> Iterator[str]:
         with self._lock:
             t_start = time.perf_counter()
+            prompt = plan.keys()
             metrics = Metrics(prompt_tokens=len(prompt))
             out_tokens: list[int] = []
             pieces: list[str] = []
@@ -183,29 +181,22 @@ class Generator:
             self.ctx.set_abort_check(lambda: cancel.cancelled)
             try:
                 t_prompt = time.perf_counter()
-                if evaluate is not None:
-                    self.cache.reset()
-                    try:
-                        prompt = todo = evaluate(self.ctx)
-                    except GenerationError:
-                        self.cache.reset()
-                        if cancel.cancelled:
-                            finish = "cancelled"
-                            return
+                reuse = self.cache.prepare(prompt, plan.span_ranges())
+                self.last_reuse = reuse
+                metrics.reused_tokens = reuse.reused
+                try:
+                    report = plan.evaluate(self.ctx, reuse.reused)
+                except GenerationError:
+                    if not cancel.cancelled:
                         raise
-                    metrics.prompt_tokens = len(prompt)
-                    self.cache.extend(prompt)  # -1 at media positions: a later prompt never matches them
-                else:
-                    reuse = self.cache.prepare(prompt)
-                    self.last_reuse = reuse
-                    metrics.reused_tokens = reuse.reused
-                    todo = prompt[reuse.reused :]
-                    n_done = self.ctx.decode(todo, reuse.reused, logits="last")
-                    if n_done < len(todo):
-                        self.cache.sync_after_abort(prompt)
-                        finish = "cancelled"
-                        return
-                    self.cache.extend(todo)
+                    report = EvalReport(-1)
+                metrics.media_encode_s = report.media_encode_s
+                if reuse.reused + report.evaluated < len(prompt):
+                    self.cache.sync_after_abort(prompt)
+                    finish = "cancelled"
+                    return
+                todo = prompt[reuse.reused :]
+                self.cache.extend(todo)
                 # From here `cancel` is checked before every token; llama.cpp's per-node poll
                 # would only slow the one-token decodes down.
                 self.ctx.set_abort_check(None)

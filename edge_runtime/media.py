@@ -10,14 +10,17 @@ coming from mtmd).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 
 from edge_runtime.errors import InvalidArgumentError, UnsupportedModelError
+from edge_runtime.prompt_plan import PromptPlan
 
 MEDIA_MARKER = "<__media__>"  # where a CLI prompt puts its media, in order
 
@@ -54,7 +57,8 @@ def _read(source: Union[str, os.PathLike], what: str) -> bytes:
         raise InvalidArgumentError(f"cannot read {what} file {path} ({exc.strerror})") from None
 
 
-def _image_array(part: Image, projector) -> np.ndarray:
+def image_array(part: Image, projector) -> np.ndarray:
+    """The part's RGB uint8 pixels [h, w, 3]; files and bytes decoded by the projector (mtmd)."""
     src = part.source
     if isinstance(src, np.ndarray):
         return src
@@ -65,7 +69,8 @@ def _image_array(part: Image, projector) -> np.ndarray:
     return arr
 
 
-def _audio_array(part: Audio, projector) -> np.ndarray:
+def audio_array(part: Audio, projector) -> np.ndarray:
+    """The part's mono float32 samples at the projector's rate; files and bytes decoded by the projector."""
     from edge_runtime.audio.resample import resample
 
     rate = projector.audio_sample_rate or 16000
@@ -81,28 +86,85 @@ def _audio_array(part: Audio, projector) -> np.ndarray:
     return arr
 
 
-def build_media_prompt(parts: Sequence[Part], projector, architecture: str, marker: str) -> tuple[str, list[np.ndarray]]:
-    """The text for mtmd (one `marker` per media item, wrapped as the model's processor does) and the media."""
-    if projector is None:
-        raise InvalidArgumentError("the prompt holds media but no projector is loaded: pass --mmproj FILE "
-                                   "(load_model(..., mmproj=FILE)) with the model's mmproj GGUF")
-    text, media = [], []
+def media_kind(part: object) -> str:
+    if isinstance(part, Image):
+        return "image"
+    if isinstance(part, Audio):
+        return "audio"
+    raise InvalidArgumentError(f"a prompt part must be text, Image or Audio, not {type(part).__name__}")
+
+
+_digests: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+
+
+def digest(part: Union[Image, Audio]) -> str:
+    """A hash of the part's content (file bytes, encoded bytes, or samples with their rate); computed once per part."""
+    found = _digests.get(part)
+    if found is None:
+        src = part.source
+        h = hashlib.sha256(media_kind(part).encode())
+        if isinstance(src, np.ndarray):
+            arr = np.ascontiguousarray(src)
+            h.update(f"{arr.dtype.str}{arr.shape}{getattr(part, 'sample_rate', None)}".encode())
+            h.update(arr.tobytes())
+        else:
+            h.update(src if isinstance(src, bytes) else _read(src, media_kind(part)))
+        found = _digests[part] = h.hexdigest()
+    return found
+
+
+def _wrapping(architecture: str) -> tuple[str, str]:
+    """Text the model's processor puts around the boundary tokens of a media item."""
+    if architecture in ("gemma3", "gemma3n"):  # "\n\n<start_of_image>...<end_of_image>\n\n" (audio alike in 3n)
+        return "\n\n", "\n\n"
+    return "", ""
+
+
+class MediaEncoders:
+    """The encoders a model has loaded, by modality: each turns a part into runs of boundary tokens
+    around a media span (`media_runs(part)`) and a span into input embeddings (`embeddings(span)`)."""
+
+    def __init__(self) -> None:
+        self.image = None
+        self.audio = None
+
+    def for_part(self, part: Union[Image, Audio]):
+        kind = media_kind(part)
+        encoder = getattr(self, kind)
+        if encoder is None:
+            if self.image is None and self.audio is None:
+                raise InvalidArgumentError("the prompt holds media but no projector is loaded: pass --mmproj FILE "
+                                           "(load_model(..., mmproj=FILE)) with the model's mmproj GGUF")
+            other = self.image or self.audio
+            verb = "see images" if kind == "image" else "hear audio"
+            raise UnsupportedModelError(f"{other.path} has no {kind} encoder: this model cannot {verb}"
+                                        + ("" if kind == "image" else "; for Gemma 3n pass its audio encoder "
+                                           "(--mmproj audio.onnx from `edge-runtime convert-mmproj CKPT -o audio.onnx`)"))
+        return encoder
+
+    def close(self) -> None:
+        for encoder in {id(e): e for e in (self.image, self.audio) if e is not None}.values():
+            encoder.close()
+        self.image = self.audio = None
+
+
+def plan_prompt(parts: Sequence[Part], encoders: MediaEncoders, architecture: str,
+                tokenize: Callable[[str, bool], list[int]]) -> PromptPlan:
+    """Parts -> a prompt plan: text tokenized by `tokenize(text, add_bos)`, each media item wrapped as the
+    model's transformers processor wraps it."""
+    before, after = _wrapping(architecture)
+    runs: list = []
+    text, first = "", True
     for part in parts:
         if isinstance(part, str):
-            text.append(part)
-        elif isinstance(part, Image):
-            if not projector.supports_vision:
-                raise UnsupportedModelError(f"{projector.path} has no vision encoder: this model cannot see images")
-            media.append(_image_array(part, projector))
-            text.append(f"\n\n{marker}\n\n" if architecture == "gemma3" else marker)
-        elif isinstance(part, Audio):
-            if not projector.supports_audio:
-                raise UnsupportedModelError(f"{projector.path} has no audio encoder: this model cannot hear audio")
-            media.append(_audio_array(part, projector))
-            text.append(marker)
-        else:
-            raise InvalidArgumentError(f"a prompt part must be text, Image or Audio, not {type(part).__name__}")
-    return "".join(text), media
+            text += part
+            continue
+        encoder = encoders.for_part(part)
+        runs.append(tokenize(text + before, first))
+        runs.extend(encoder.media_runs(part))
+        text, first = after, False
+    runs.append(tokenize(text, first))
+    return PromptPlan([r for r in runs if not isinstance(r, list) or r])
 
 
 def split_marked(prompt: str, media: Sequence[Union[Image, Audio]]) -> list[Part]:

@@ -30,6 +30,7 @@ class Metrics:
     prompt_tps: float = 0.0
     gen_tps: float = 0.0
     peak_rss_mb: float = 0.0
+    media_encode_s: float = 0.0  # time the image/audio encoders took (included in ttft_s)
 
     @property
     def evaluated_prompt_tokens(self) -> int:

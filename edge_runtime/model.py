@@ -19,7 +19,8 @@ from edge_runtime.errors import InvalidModelError, ModelError, UnsupportedModelE
 from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Generator, Stream, aiter_stream
 from edge_runtime.gguf_file import GGUFHeader, read_header
 from edge_runtime.hardware import CpuInfo
-from edge_runtime.media import Part, build_media_prompt, is_media_prompt
+from edge_runtime.media import MediaEncoders, Part, is_media_prompt, plan_prompt
+from edge_runtime.prompt_plan import PromptPlan
 from edge_runtime.settings import ResolvedSettings, RuntimeSettings, resolve
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,10 @@ class Model:
         settings: RuntimeSettings | None = None,
         *,
         cpu: CpuInfo | None = None,
-        mmproj: str | os.PathLike[str] | None = None,
+        mmproj: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         path = Path(path) if path is not None else default_model_path()
-        self.projector = None
+        self.media = MediaEncoders()
         self.header = read_header(path)
         self.settings = resolve(settings or RuntimeSettings(), trained_ctx=self.header.context_length, cpu=cpu)
         self.llama = _load_llama(self.header, self.settings)
@@ -131,12 +132,12 @@ class Model:
         governor = ThreadGovernor(self.settings.n_threads) if self.settings.adaptive_threads else None
         self.generator = Generator(self.llama, self.ctx, governor, self.settings.n_threads_batch)
         self._warned_base = False
-        if mmproj is not None:
-            try:
-                self.load_projector(mmproj)
-            except BaseException:
-                self.close()
-                raise
+        try:
+            for item in [mmproj] if isinstance(mmproj, (str, os.PathLike)) else (mmproj or ()):
+                self.load_projector(item)
+        except BaseException:
+            self.close()
+            raise
         self.chat_format = ChatFormat.for_model(self.info.architecture, self.llama.chat_template(), self.llama)
 
     def warn_if_base(self, use: str = "chat") -> None:
@@ -146,19 +147,42 @@ class Model:
             log.warning("%s (%s)", BASE_MODEL_HINT.format(name=self.info.name), use)
 
     def load_projector(self, path: str | os.PathLike[str]) -> None:
-        """Load the model's multimodal projector (mmproj GGUF) so prompts can hold images or audio."""
+        """Load a media encoder so prompts can hold images or audio: the model's mmproj GGUF (mtmd), or
+        Gemma 3n's audio encoder (`.onnx`, from `edge-runtime convert-mmproj CKPT -o audio.onnx`).
+        Each takes the modalities it has, replacing the encoder loaded before for them."""
+        if str(path).lower().endswith(".onnx"):
+            from edge_runtime.audio.gemma3n_encoder import Gemma3nAudioEncoder
+
+            encoder = Gemma3nAudioEncoder(path, self.llama, n_threads=self.settings.n_threads_batch)
+            kinds = ["audio"]
+        else:
+            from edge_runtime.backend.mtmd import MultimodalProjector
+
+            encoder = MultimodalProjector(path, self.llama, n_threads=self.settings.n_threads_batch,
+                                          require_audio=False)
+            kinds = [k for k, ok in (("image", encoder.supports_vision), ("audio", encoder.supports_audio)) if ok]
+        for kind in kinds:
+            old = getattr(self.media, kind)
+            setattr(self.media, kind, encoder)
+            if old is not None and old not in (self.media.image, self.media.audio):
+                old.close()
+
+    @property
+    def projector(self):
+        """The mmproj (mtmd) projector loaded, if any."""
         from edge_runtime.backend.mtmd import MultimodalProjector
 
-        if self.projector is not None:
-            self.projector.close()
-        self.projector = MultimodalProjector(path, self.llama, n_threads=self.settings.n_threads_batch,
-                                             require_audio=False)
+        return next((e for e in (self.media.image, self.media.audio) if isinstance(e, MultimodalProjector)), None)
+
+    def plan(self, parts: Sequence[Part], tokenize=None) -> PromptPlan:
+        """A prompt of parts (text, Image, Audio) -> the positions it takes, media wrapped as the model expects."""
+        tokenize = tokenize or (lambda text, bos: self.tokenize(text, add_bos=bos))
+        return plan_prompt(parts, self.media, self.info.architecture, tokenize)
 
     # lifecycle
     def close(self) -> None:
-        if getattr(self, "projector", None) is not None:
-            self.projector.close()
-            self.projector = None
+        if getattr(self, "media", None) is not None:
+            self.media.close()
         self.ctx.close()
         self.llama.close()
 
@@ -195,12 +219,7 @@ class Model:
         if overrides:
             settings = settings.replace(**overrides)
         if is_media_prompt(prompt):
-            from edge_runtime.backend.mtmd import default_marker
-
-            projector = self.projector
-            text, media = build_media_prompt(prompt, projector, self.info.architecture, default_marker())
-            return self.generator.stream_evaluated(
-                lambda ctx: projector.eval_prompt(ctx, text, media)[1], settings, cancel)
+            return self.generator.stream(self.plan(prompt), settings, cancel)
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
             prompt = "".join(prompt)
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)

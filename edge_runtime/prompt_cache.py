@@ -59,11 +59,12 @@ class PromptCache:
         self.ctx.clear()
         self.tokens = []
 
-    def prepare(self, prompt: Sequence[int]) -> ReuseOutcome:
+    def prepare(self, prompt: Sequence[int], spans: Sequence[tuple[int, int]] = ()) -> ReuseOutcome:
         """Keep what can be reused of the cache for `prompt`; drop the rest.
 
         Afterwards memory holds prompt[:outcome.reused]; at least the last
-        prompt token is always left to evaluate (its logits are needed).
+        prompt token is always left to evaluate (its logits are needed). A media
+        span ([start, end) in `spans`) is kept whole or evaluated again whole.
         """
         cached = self.tokens
         n_past = common_prefix(cached, prompt)
@@ -71,6 +72,9 @@ class PromptCache:
         if self.can_shift and n_past < len(cached) and n_past < len(prompt):
             n_past, shifted = self._reuse_chunks(prompt, n_past)
         n_past = min(n_past, len(prompt) - 1)
+        for start, end in spans:
+            if start < n_past < end:
+                n_past = start
         reason = None
         if self.swa_limited and n_past > 0:
             pos_min = self.ctx.pos_min()

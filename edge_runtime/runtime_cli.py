@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 from typing import Iterator
@@ -27,6 +28,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     fa.add_argument("--no-flash-attn", dest="flash_attn", action="store_false")
     g.add_argument("--mlock", action="store_true", help="lock the weights in RAM")
     g.add_argument("--no-mmap", action="store_true", help="read the weights instead of memory-mapping them")
+
+
+def add_media_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mmproj", action="append", default=[], metavar="FILE",
+                        help="the model's media encoder: its mmproj GGUF, and for Gemma 3n audio its audio.onnx "
+                             "(repeatable: one per file)")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +131,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 CHAT_HELP = """commands:
+  /image PATH    attach an image to your next message (needs --mmproj)
+  /audio PATH    attach a clip to your next message (needs --mmproj)
   /reset         forget the conversation (the system prompt stays)
   /system TEXT   set the system prompt and start over
   /help          this list
@@ -135,8 +144,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from edge_runtime.chat import ChatSession
     from edge_runtime.model import load_model
 
+    from edge_runtime.errors import EdgeRuntimeError
+    from edge_runtime.media import Audio, Image
+
     interactive = sys.stdin.isatty() and not args.json
-    with load_model(args.model, runtime_settings(args)) as model:
+    pending: list = [Image(p) for p in args.image] + [Audio(p) for p in args.audio]  # for the next message
+    with load_model(args.model, runtime_settings(args), mmproj=args.mmproj) as model:
         session = ChatSession(model, args.system, settings=generation_settings(args))
         if interactive:
             print(f"{model.info.name} ({model.n_ctx}-token window). /help for commands; Ctrl-C stops a reply.",
@@ -171,11 +184,32 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if line.strip() == "/help":
                 print(CHAT_HELP, file=sys.stderr)
                 continue
+            command = line.split(maxsplit=1)
+            if command[0] in ("/image", "/audio"):
+                path = command[1].strip() if len(command) > 1 else ""
+                if not path:
+                    print(f"usage: {command[0]} PATH", file=sys.stderr)
+                elif not os.path.isfile(path):
+                    print(f"no such file: {path}", file=sys.stderr)
+                else:
+                    pending.append(Image(path) if command[0] == "/image" else Audio(path))
+                    if interactive:
+                        print(f"({command[0][1:]} {path} attached to your next message)", file=sys.stderr)
+                continue
             if line.startswith("/") and not line.startswith("//"):
                 print(f"unknown command {line.split()[0]}; /help lists them (start a message with // to send a "
                       "literal /)", file=sys.stderr)
                 continue
-            stream = session.send(line[1:] if line.startswith("//") else line)
+            text = line[1:] if line.startswith("//") else line
+            try:
+                stream = session.send([*pending, text] if pending else text)
+            except EdgeRuntimeError as exc:
+                if not interactive:
+                    raise
+                print(f"error: {exc}", file=sys.stderr)  # the conversation goes on without that message
+                continue
+            finally:
+                pending = []
             _print_stream(stream, quiet=args.json)
             result = stream.result
             assert result is not None
@@ -231,13 +265,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", help="the prompt text, or - to read it from stdin; <__media__> marks where media go")
     p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image for the prompt (repeatable)")
     p.add_argument("--audio", action="append", default=[], metavar="FILE", help="a clip for the prompt (repeatable)")
-    p.add_argument("--mmproj", metavar="FILE", help="the model's multimodal projector GGUF (for --image / --audio)")
+    add_media_options(p)
     add_model_options(p)
     add_sampling_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = subparsers.add_parser("chat", help="chat interactively (or one turn per line from a pipe)")
     p.add_argument("--system", help="system prompt (pinned in the window)")
+    p.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an image for the first message (repeatable; later ones: /image PATH)")
+    p.add_argument("--audio", action="append", default=[], metavar="FILE",
+                   help="a clip for the first message (repeatable; later ones: /audio PATH)")
+    add_media_options(p)
     add_model_options(p)
     add_sampling_options(p)
     p.set_defaults(func=cmd_chat)

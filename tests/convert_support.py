@@ -228,18 +228,20 @@ def check(stats: dict, outtype: str) -> None:
         assert stats["kl"] < tol["kl"], stats
 
 
-def tiny_gemma3_vision_checkpoint(tmp_path_factory, *, tokens_per_image: int = 16) -> Path:
+def tiny_gemma3_vision_checkpoint(tmp_path_factory, *, tokens_per_image: int = 16, max_positions: int = 256) -> Path:
     """A tiny random Gemma3ForConditionalGeneration: the tiny Gemma 3 text model plus a 2-layer SigLIP
     tower on 64x64 images with 4x4 patches (a 16x16 grid pooled to `tokens_per_image` tokens)."""
     import torch
     import transformers
 
-    path, done = cache_dir(tmp_path_factory, f"tiny-gemma3-vision-{tokens_per_image}")
+    suffix = "" if max_positions == 256 else f"-ctx{max_positions}"
+    path, done = cache_dir(tmp_path_factory, f"tiny-gemma3-vision-{tokens_per_image}{suffix}")
     if done:
         return path
     text_src = tiny_checkpoint(tmp_path_factory, "gemma3")
     text = {k: v for k, v in json.loads((text_src / "config.json").read_text()).items()
             if k not in ("architectures", "model_type", "transformers_version", "dtype", "torch_dtype")}
+    text["max_position_embeddings"] = max_positions
     vision = transformers.SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                              num_attention_heads=2, image_size=64, patch_size=4, layer_norm_eps=1e-6)
     config = transformers.Gemma3Config(text_config=transformers.Gemma3TextConfig(**text), vision_config=vision,
@@ -266,3 +268,17 @@ def hf_image_features(checkpoint: Path, rgb: np.ndarray) -> np.ndarray:
         out = model.get_image_features(pixel_values=pixels)
     out = getattr(out, "pooler_output", out)
     return out.reshape(-1, out.shape[-1]).float().numpy()
+
+
+def copy_with_metadata(src: Path, dst: Path, changes: dict[str, int]) -> Path:
+    """A copy of a GGUF with some integer metadata values changed in place."""
+    import gguf
+
+    shutil.copyfile(src, dst)
+    reader = gguf.GGUFReader(dst, "r+")
+    for key, value in changes.items():
+        field = reader.fields[key]
+        field.parts[field.data[0]][0] = value
+    reader.data.flush()
+    del reader
+    return dst

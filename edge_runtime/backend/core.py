@@ -129,6 +129,7 @@ class LlamaModel(_Handle):
         self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
         self.n_ctx_train = int(lc.llama_model_n_ctx_train(ptr))
         self.n_embd = int(lc.llama_model_n_embd(ptr))
+        self.n_embd_inp = int(lc.llama_model_n_embd_inp(ptr))  # width of an embedding-batch row
         self.n_layer = int(lc.llama_model_n_layer(ptr))
         self.n_swa = int(lc.llama_model_n_swa(ptr))
         self.bos = int(lc.llama_vocab_bos(self.vocab))
@@ -314,12 +315,15 @@ class LlamaContext(_Handle):
         self.memory = lc.llama_get_memory(ptr)
         self._batch = lc.llama_batch_init(max(params.n_batch, 1), 0, 1)
         self._one = (lc.llama_token * 1)()
+        self._embd_batch = None  # allocated on the first embedding decode
         self._abort_flag: Callable[[], bool] | None = None
         # The C callback object must outlive the context: keep a reference.
         self._abort_cb = _ABORT_CALLBACK_TYPE(self._abort_trampoline)
 
     def _free(self, ptr: lc.llama_context_p) -> None:
         lc.llama_batch_free(self._batch)
+        if self._embd_batch is not None:
+            lc.llama_batch_free(self._embd_batch)
         lc.llama_free(ptr)
 
     # cancellation
@@ -386,6 +390,50 @@ class LlamaContext(_Handle):
             reasons = "; ".join(recent_llama_errors()) or f"status {status}"
             raise GenerationError(f"llama.cpp failed to evaluate a token at position {pos}: {reasons}")
         return True
+
+    def decode_embeddings(self, rows: np.ndarray, start_pos: int, *, non_causal: bool = False,
+                          logits_last: bool = False) -> int:
+        """Evaluate input embeddings (media encoder output, [n, n_embd_inp] float32) at positions
+        start_pos.. in chunks of n_batch; with `non_causal` the rows attend to each other both ways
+        (Gemma 3 images). Returns the rows evaluated: fewer only when the abort check fired."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        width = self.model.n_embd_inp
+        if rows.ndim != 2 or rows.shape[1] != width:
+            raise InvalidArgumentError(f"media embeddings of shape {rows.shape} do not fit this model, whose "
+                                       f"input rows are {width} wide: the projector belongs to another model")
+        if self._embd_batch is None:
+            self._embd_batch = lc.llama_batch_init(max(self.params.n_batch, 1), width, 1)
+        batch = self._embd_batch
+        step = self.params.n_batch
+        if non_causal:
+            if len(rows) > self.params.n_ubatch:
+                raise InvalidArgumentError(f"a media item of {len(rows)} positions must be evaluated in one "
+                                           f"micro-batch; load the model with n_ubatch >= {len(rows)}")
+            step = len(rows)
+            lc.llama_set_causal_attn(self.ptr, False)
+        done = 0
+        try:
+            while done < len(rows):
+                n = min(step, len(rows) - done)
+                ctypes.memmove(batch.embd, rows[done : done + n].ctypes.data, n * width * 4)
+                for i in range(n):
+                    batch.pos[i] = start_pos + done + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = logits_last and done + i == len(rows) - 1
+                batch.n_tokens = n
+                status = lc.llama_decode(self.ptr, batch)
+                if status == 2:
+                    return max(0, self.pos_max() + 1 - start_pos)
+                if status != 0:
+                    reasons = "; ".join(recent_llama_errors()) or f"status {status}"
+                    raise GenerationError(f"llama.cpp failed to evaluate {n} media positions at {start_pos + done}: "
+                                          f"{reasons}")
+                done += n
+        finally:
+            if non_causal:
+                lc.llama_set_causal_attn(self.ptr, True)
+        return done
 
     def logits(self, index: int = -1) -> np.ndarray:
         """A copy of the logits of the index-th output of the last decode."""

@@ -8,7 +8,9 @@ space and evaluates prompts that mix text and audio into a `LlamaContext`.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,9 @@ from edge_runtime.errors import (
     UnsupportedModelError,
 )
 from edge_runtime.gguf_file import read_header
+from edge_runtime.media import Image, audio_array, image_array
+from edge_runtime.media import digest as media_digest
+from edge_runtime.prompt_plan import MediaSpan
 
 _logs_routed = False
 
@@ -33,6 +38,7 @@ _logs_routed = False
 # (a 1-sample input aborts the process, a 1-sample tail after a 30 s boundary fails).
 _PIECE_SECONDS = 30
 _MIN_SAMPLES = 160
+_EMBEDDING_CACHE_BYTES = 256 * 2**20  # encoded media kept for reuse across turns
 
 
 def _route_logs() -> None:
@@ -83,6 +89,24 @@ def inspect_projector(path: str | os.PathLike[str]) -> ProjectorInfo:
     )
 
 
+_FAMILIES = {"gemma3": ("gemma3",), "gemma3n": ("gemma3nv", "gemma3na"),
+             "gemma4": ("gemma4v", "gemma4a", "gemma4uv", "gemma4ua")}
+
+
+def check_belongs(info: ProjectorInfo, model: LlamaModel) -> None:
+    """Refuse a projector made for another model: another Gemma generation, or another embedding width."""
+    arch = model.meta("general.architecture") or "?"
+    for kind in (info.vision_projector, info.audio_projector):
+        owner = next((a for a, kinds in _FAMILIES.items() if kind in kinds), None)
+        if owner is not None and owner != arch:
+            raise InvalidModelError(f"{info.path} is a {owner} projector ({kind}) but the model is {arch}: "
+                                    "pass the mmproj converted from the same checkpoint as the model")
+    if info.projection_dim is not None and info.projection_dim != model.n_embd_inp:
+        raise InvalidModelError(f"{info.path} projects to {info.projection_dim}-wide embeddings but the model's "
+                                f"input is {model.n_embd_inp} wide: the projector belongs to another model size; "
+                                "pass the mmproj converted from the same checkpoint as the model")
+
+
 class _Chunks:
     """An owned mtmd_input_chunks list (freed on exit)."""
 
@@ -122,6 +146,7 @@ class MultimodalProjector:
                 f"{info.path} is a Gemma 3n projector: this llama.cpp runs only Gemma 3n's vision tower, "
                 "not its audio encoder; use Gemma 4 E2B/E4B for audio"
             )
+        check_belongs(info, model)
         self.path = info.path
         self.info = info
         self.model = model
@@ -139,7 +164,11 @@ class MultimodalProjector:
         self.supports_audio = bool(mt.mtmd_support_audio(ptr))
         self.supports_vision = bool(mt.mtmd_support_vision(ptr))
         self.audio_sample_rate = int(mt.mtmd_get_audio_sample_rate(ptr)) if self.supports_audio else None
-        self.n_embd = model.n_embd
+        self.n_embd = model.n_embd_inp
+        stat = self.path.stat()
+        self.identity = f"{self.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        self._runs: OrderedDict[str, list] = OrderedDict()
+        self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()
         if require_audio and not self.supports_audio:
             self.close()
             raise UnsupportedModelError(f"llama.cpp loaded {self.path} without audio support (projector {info.audio_projector})")
@@ -283,62 +312,56 @@ class MultimodalProjector:
         finally:
             mt.mtmd_bitmap_free(bitmap)
 
-    def _bitmap(self, item: object):
-        """An mtmd bitmap for an RGB uint8 array ([h, w, 3]) or 16 kHz mono float32 samples (1-D)."""
-        arr = np.asarray(item)
-        return self._audio_bitmap(self._check_samples(arr, None)) if arr.ndim == 1 else self._image_bitmap(arr)
-
-    def eval_prompt(self, ctx: LlamaContext, text: str, media: list[np.ndarray], *, n_past: int = 0,
-                    add_special: bool = True) -> tuple[int, list[int]]:
-        """Evaluate `text` whose markers stand for `media` (in order) into `ctx` from `n_past`.
-
-        Returns (new n_past, the prompt's token ids with -1 at media positions). The last
-        position's logits are kept, ready for sampling.
-        """
-        marker = default_marker()
-        if text.count(marker) != len(media):
-            raise InvalidArgumentError(f"the prompt holds {text.count(marker)} media markers for {len(media)} media items")
-        bitmaps = []
-        try:
-            for item in media:
-                bitmaps.append(self._bitmap(item))
-            encoded = text.encode("utf-8")
-            inp = mt.mtmd_input_text(encoded, len(encoded), add_special, True)
-            array = (mt.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+    # media in prompts (see prompt_plan)
+    def media_runs(self, part) -> list:
+        """Boundary tokens and the media span mtmd lays out for one Image/Audio part (cached by content)."""
+        key = hashlib.sha256(f"{media_digest(part)}|{self.identity}".encode()).hexdigest()
+        runs = self._runs.get(key)
+        if runs is None:
+            kind = "image" if isinstance(part, Image) else "audio"
+            load = (lambda: image_array(part, self)) if kind == "image" else (lambda: audio_array(part, self))
             with _Chunks() as chunks:
-                recent_llama_errors()
-                if mt.mtmd_tokenize(self.ptr, chunks.ptr, ctypes.byref(inp), array, len(bitmaps)) != 0:
-                    raise GenerationError("mtmd could not tokenize the media prompt: "
-                                          + ("; ".join(recent_llama_errors()) or "no reason given"))
-                tokens = self._chunk_tokens(chunks)
-                if n_past + len(tokens) > ctx.n_ctx:
-                    raise InvalidArgumentError(
-                        f"the prompt with its media needs {len(tokens)} positions, more than the "
-                        f"{ctx.n_ctx - n_past} left in the window; load the model with --ctx {n_past + len(tokens) + 256}")
-                new_n_past = lc.llama_pos(0)
-                status = mt.mtmd_helper_eval_chunks(self.ptr, ctx.ptr, chunks.ptr, n_past, 0, ctx.params.n_batch,
-                                                    True, ctypes.byref(new_n_past))
-        finally:
-            for bitmap in bitmaps:
-                mt.mtmd_bitmap_free(bitmap)
-        if status != 0:
-            raise GenerationError("llama.cpp failed to evaluate the media prompt: "
-                                  + ("; ".join(recent_llama_errors()) or f"status {status}"))
-        return int(new_n_past.value), tokens
+                self._tokenize(chunks, default_marker(), self._media_bitmap(kind, load()), add_special=False)
+                runs = []
+                for i in range(len(chunks)):
+                    chunk = chunks.get(i)
+                    if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                        runs.append(self._text_tokens(chunk))
+                        continue
+                    n_pos = int(mt.mtmd_input_chunk_get_n_pos(chunk))
+                    if n_pos != int(mt.mtmd_input_chunk_get_n_tokens(chunk)):
+                        raise UnsupportedModelError(f"{self.path}: projectors with M-RoPE positions are not supported")
+                    runs.append(MediaSpan(key, n_pos, kind, self, payload=load,
+                                          non_causal=bool(mt.mtmd_decode_use_non_causal(self.ptr, chunk))))
+            self._runs[key] = runs
+            while len(self._runs) > 256:
+                self._runs.popitem(last=False)
+        self._runs.move_to_end(key)
+        return runs
+
+    def embeddings(self, span: MediaSpan) -> np.ndarray:
+        """The encoder's rows for a span from `media_runs` ([n_pos, n_embd]), kept for reuse by content."""
+        rows = self._embeddings.get(span.digest)
+        if rows is None:
+            with _Chunks() as chunks:
+                self._tokenize(chunks, default_marker(), self._media_bitmap(span.kind, span.payload()),
+                               add_special=False)
+                chunk_type = mt.MTMD_INPUT_CHUNK_TYPE_IMAGE if span.kind == "image" else mt.MTMD_INPUT_CHUNK_TYPE_AUDIO
+                rows = self._encode(chunks, chunk_type, f"the {span.kind}")
+            self._embeddings[span.digest] = rows
+            while sum(r.nbytes for r in self._embeddings.values()) > _EMBEDDING_CACHE_BYTES and len(self._embeddings) > 1:
+                self._embeddings.popitem(last=False)
+        self._embeddings.move_to_end(span.digest)
+        return rows
+
+    def _media_bitmap(self, kind: str, arr: np.ndarray):
+        return self._image_bitmap(arr) if kind == "image" else self._audio_bitmap(self._check_samples(arr, None))
 
     @staticmethod
-    def _chunk_tokens(chunks: _Chunks) -> list[int]:
-        """Token ids of every text chunk, -1 for each position a media chunk takes."""
-        out: list[int] = []
-        for i in range(len(chunks)):
-            chunk = chunks.get(i)
-            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                n = ctypes.c_size_t(0)
-                ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                out.extend(int(ptr[k]) for k in range(n.value))
-            else:
-                out.extend([-1] * int(mt.mtmd_input_chunk_get_n_pos(chunk)))
-        return out
+    def _text_tokens(chunk) -> list[int]:
+        n = ctypes.c_size_t(0)
+        ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+        return [int(ptr[k]) for k in range(n.value)]
 
     def count_audio_tokens(self, text: str, samples: np.ndarray, sample_rate: int | None = None) -> int:
         """Positions the prompt (text and audio) will take in the context."""
