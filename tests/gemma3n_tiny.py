@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+START_OF_AUDIO = 256000
 AUDIO = dict(hidden_size=64, conf_num_attention_heads=2, conf_num_hidden_layers=2, sscp_conv_channel_size=[8, 4],
              rms_norm_eps=1e-6, conf_attention_chunk_size=12, conf_attention_context_left=13,
              conf_attention_context_right=0)
@@ -63,7 +64,21 @@ def build_tiny_gemma3n(path: Path, text_dir: Path, seed: int = 0) -> Path:
     for f in text_dir.iterdir():
         if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
             shutil.copy(f, path / f.name)
+    gemma3n_vocabulary(path)
     return path
+
+
+def gemma3n_vocabulary(path: Path) -> None:
+    """Give the (Gemma 3) tokenizer Gemma 3n's audio token: id 256000 is <start_of_audio> there."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((path / "tokenizer.model").read_bytes())
+    proto.pieces[START_OF_AUDIO].piece = "<start_of_audio>"
+    (path / "tokenizer.model").write_bytes(proto.SerializeToString())
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"][str(START_OF_AUDIO)]["content"] = "<start_of_audio>"
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def load_tiny_gemma3n(path: Path):

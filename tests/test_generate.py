@@ -43,7 +43,9 @@ def test_stream_pieces_join_to_result_and_metrics(model):
     m = result.metrics
     assert m.prompt_tokens == len(model.tokenize("The capital of France is"))
     assert m.generated_tokens == 48 and m.ttft_s > 0 and m.gen_tps > 0 and m.peak_rss_mb > 50
-    assert set(m.as_dict()) == {"prompt_tokens", "reused_tokens", "generated_tokens", "ttft_s", "prompt_tps", "gen_tps", "peak_rss_mb"}
+    assert set(m.as_dict()) == {"prompt_tokens", "reused_tokens", "generated_tokens", "ttft_s", "prompt_tps", "gen_tps",
+                                "peak_rss_mb", "media_encode_s"}
+    assert m.media_encode_s == 0.0
 
 
 def test_second_call_reuses_the_prompt_prefix(model):
@@ -182,7 +184,7 @@ def test_bad_generation_arguments(model):
         model.generate([])
     with pytest.raises(InvalidArgumentError, match="grammar"):
         model.generate("x", grammar="root ::= (((")
-    with pytest.raises(ContextSizeError, match="larger --ctx"):
+    with pytest.raises(ContextSizeError, match=r"takes 3002 tokens but the context holds 2048.*--ctx 3328"):
         model.generate("word " * 3000)
 
 

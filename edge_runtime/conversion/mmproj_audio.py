@@ -93,8 +93,8 @@ def read_config(config: dict, config_path: Path) -> AudioProjectorInfo:
     model_type = str(config.get("model_type", ""))
     if model_type.startswith("gemma3n"):
         raise ConversionError(
-            f"{config_path}: Gemma 3n's audio encoder does not run in this llama.cpp "
-            "(mtmd loads only Gemma 3n's vision tower); use a Gemma 4 E2B/E4B checkpoint for audio"
+            f"{config_path}: Gemma 3n's audio encoder does not run in llama.cpp's mtmd; write it as ONNX for "
+            "the runtime instead: edge-runtime convert-mmproj CKPT -o audio.onnx"
         )
     audio = config.get("audio_config")
     if not isinstance(audio, dict) or not audio:
