@@ -227,3 +227,35 @@ def test_errors(checkpoint, files, tmp_path, default_model_path, speech):
         convert_audio_encoder(not_3n, tmp_path / "x.onnx", progress=False)
     with pytest.raises(ConversionError, match="unknown outtype"):
         convert_audio_encoder(checkpoint, tmp_path / "x.onnx", "q4", progress=False)
+
+
+def test_transcribe_with_the_gemma_engine(files, speech, tmp_path):
+    """`transcribe --engine gemma` (and auto, given the GGUF) runs Gemma 3n: the same greedy text as the library
+    gives for Gemma 3n's transcription turn; --translate-to asks Gemma itself."""
+    import soundfile as sf
+
+    from edge_runtime.audio.gemma_audio import GemmaSpeechEngine, build_prompt, task_instruction
+
+    text_gguf, encoder = files
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, speech, SR)
+    with load_model(text_gguf, n_ctx=1024, mmproj=encoder) as model:
+        stop = (model.llama.token_id("<end_of_turn>"), model.llama.token_id("<start_of_turn>"))
+        prompt = build_prompt("gemma3n", task_instruction("transcribe"), Audio(speech, sample_rate=SR))
+        want = model.generate(prompt, temperature=0, max_tokens=12, stop_tokens=stop).text.strip()
+    from edge_runtime.audio.gemma_audio import GemmaAudioSettings
+
+    with GemmaSpeechEngine(text_gguf, encoder, GemmaAudioSettings(max_new_tokens=12)) as engine:
+        assert engine.transcribe_text(speech) == want and want
+        rows = engine.audio_embeddings(speech)
+        assert rows.shape == (SOFT + 1, engine._model.llama.n_embd_inp)
+    for engine_name in ("gemma", "auto"):
+        proc = subprocess.run([sys.executable, "-m", "edge_runtime", "transcribe", str(wav), "--engine", engine_name,
+                               "--model", str(text_gguf), "--mmproj", str(encoder), "--format", "json"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["text"].strip()
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "transcribe", str(wav), "--engine", "gemma",
+                           "--model", str(text_gguf), "--mmproj", str(encoder), "--translate-to", "French", "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr  # 1: a random model's non-translation

@@ -328,9 +328,13 @@ def test_engine_embeddings_match_projector(engine, hf_reference):
 def test_prompt_follows_gemma4_turn_format():
     from edge_runtime.audio.gemma_audio import build_prompt, task_instruction
 
-    prompt = build_prompt(task_instruction("transcribe", "English"), "<__media__>")
-    assert prompt.startswith("<|turn>user\n<__media__>Transcribe the following speech segment in English")
-    assert prompt.endswith("<turn|>\n<|turn>model\n")
+    clip = object()
+    head, audio, tail = build_prompt("gemma4", task_instruction("transcribe", "English"), clip)
+    assert head == "<|turn>user\n" and audio is clip
+    assert tail.startswith("Transcribe the following speech segment in English")
+    assert tail.endswith("<turn|>\n<|turn>model\n")
+    head, _, tail = build_prompt("gemma3n", "Transcribe.", clip)
+    assert (head, tail) == ("<start_of_turn>user\n", "Transcribe.<end_of_turn>\n<start_of_turn>model\n")
     assert "into French" in task_instruction("translate", "English", "French")
     assert task_instruction("transcribe", "de-DE") == task_instruction("transcribe", "German")
     assert "in Klingon" in task_instruction("transcribe", "Klingon")
@@ -425,11 +429,11 @@ def test_missing_files_and_wrong_models(text_gguf, mmproj, workdir, default_mode
     with pytest.raises(ModelNotFoundError):
         GemmaSpeechEngine(text_gguf, workdir / "missing-mmproj.gguf")
     # Gemma 3 has no audio encoder at all
-    with pytest.raises(UnsupportedModelError, match="needs Gemma 4"):
+    with pytest.raises(UnsupportedModelError, match="needs Gemma 4 or Gemma 3n E2B/E4B"):
         GemmaSpeechEngine(default_model_path, mmproj("f16"))
     # Gemma 3n: refused with the reason (its audio tower does not run in this llama.cpp)
     g3n = _write_gguf(workdir / "gemma3n-header.gguf", "gemma3n", {"gemma3n.block_count": 1})
-    with pytest.raises(UnsupportedModelError, match="Gemma 3n.*audio encoder does not run"):
+    with pytest.raises(UnsupportedModelError, match="Gemma 3n.*audio encoder does not run in llama.cpp's mtmd.*audio.onnx"):
         GemmaSpeechEngine(g3n, mmproj("f16"))
 
 

