@@ -28,7 +28,8 @@ def test_generate_json():
     proc = run("generate", "Hello", "-n", "8", "--temperature", "0", "--json", "--ctx", "512")
     data = json.loads(proc.stdout)
     assert set(data) >= {"text", "metrics"}
-    assert set(data["metrics"]) == {"prompt_tokens", "reused_tokens", "generated_tokens", "ttft_s", "prompt_tps", "gen_tps", "peak_rss_mb"}
+    assert set(data["metrics"]) == {"prompt_tokens", "reused_tokens", "generated_tokens", "ttft_s", "prompt_tps", "gen_tps", "peak_rss_mb",
+                                     "media_encode_s"}
     assert data["metrics"]["generated_tokens"] == 8
 
 

@@ -22,6 +22,7 @@ which transformers puts after a clip's frames up to 188 positions.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -386,6 +387,21 @@ def _quantize(model, stage: Path, out: Path) -> None:
     # per-channel int8 needs a 2-D weight: the relative-position table (3-D) stays f32
     keep = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in matrices]
     onnx.save_model(model, str(stage))
-    with atomic_path(out) as tmp:
-        quantize_dynamic(str(stage), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=True, nodes_to_exclude=keep, extra_options={"MatMulConstBOnly": True})
+    # the quantizer advises (on the root logger) a pre-processing pass meant for vision models: not for users
+    advice = _DropMessage("Please consider to run pre-processing")
+    logging.getLogger().addFilter(advice)
+    try:
+        with atomic_path(out) as tmp:
+            quantize_dynamic(str(stage), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             per_channel=True, nodes_to_exclude=keep, extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
