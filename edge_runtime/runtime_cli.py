@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Iterator
 
 from edge_runtime.errors import InvalidArgumentError
@@ -293,6 +294,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable; default: none)")
     p.add_argument("-n", "--max-tokens", type=int, default=512, help="default and upper bound of max_tokens")
+    add_media_options(p)
+    p.add_argument("--media-dir", metavar="DIR", help="let image_url name files inside DIR (default: data URLs only)")
     add_model_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -314,10 +317,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--max-tokens must be at least 1, not {args.max_tokens}")
     if args.max_queue < 0:
         raise InvalidArgumentError(f"--max-queue must be 0 or more, not {args.max_queue}")
+    media_dir = None
+    if args.media_dir:
+        media_dir = Path(args.media_dir).resolve()
+        if not media_dir.is_dir():
+            raise InvalidArgumentError(f"--media-dir {args.media_dir} is not a folder")
     settings = ServerSettings(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
                               model_id=args.model_id, max_tokens=args.max_tokens, max_queue=args.max_queue,
-                              cors_origins=tuple(args.cors_origin))
-    with load_model(args.model, runtime_settings(args)) as model, OpenAIServer(model, settings) as server:
+                              cors_origins=tuple(args.cors_origin), media_dir=media_dir)
+    with load_model(args.model, runtime_settings(args), mmproj=args.mmproj) as model, \
+            OpenAIServer(model, settings) as server:
         print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",
               file=sys.stderr, flush=True)
         model.warn_if_base("the server's /v1/chat/completions")

@@ -204,7 +204,7 @@ def test_errors_are_json_with_status(served):
     conn = connect(server)
     conn.putrequest("POST", "/v1/completions")
     conn.putheader("Authorization", f"Bearer {KEY}")
-    conn.putheader("Content-Length", str(5 << 20))  # refused before the body is read
+    conn.putheader("Content-Length", str(40 << 20))  # refused before the body is read
     conn.endheaders()
     resp = conn.getresponse()
     assert resp.status == 413 and "limit" in json.loads(resp.read())["error"]["message"]

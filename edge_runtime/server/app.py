@@ -13,6 +13,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Callable, Union
 
 from starlette.applications import Starlette
@@ -24,7 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edge_runtime.errors import ContextSizeError, EdgeRuntimeError, InvalidArgumentError, ToolCallError
+from edge_runtime.errors import (AudioError, ContextSizeError, EdgeRuntimeError, InvalidArgumentError, ToolCallError,
+                                 UnsupportedModelError)
 from edge_runtime.generate import Stream, aiter_stream
 from edge_runtime.model import Model
 from edge_runtime.server.access_log import AccessLog
@@ -44,13 +46,14 @@ class ServerSettings:
     api_key: str | None = None
     model_id: str | None = None  # reported in /v1/models and responses (default: the GGUF's name)
     max_tokens: int = 512  # default and upper bound of a request's max_tokens
-    max_body_bytes: int = 4 << 20
+    max_body_bytes: int = 32 << 20  # media come base64-encoded in the body
     request_timeout_s: float = 30.0  # to send a request's headers and its whole body
     keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
     backlog: int = 2048  # pending connections the kernel queues before accept
     max_header_bytes: int = 16 << 10
     max_queue: int = 64  # generation requests waiting for the model; more get 429 with Retry-After
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (none: CORS off)
+    media_dir: Path | None = None  # image_url may name files inside it (otherwise data URLs only)
 
 
 @dataclass
@@ -86,8 +89,8 @@ def _error_for(exc: Exception) -> JSONResponse:
     """The JSON response for an error raised while preparing or starting a generation."""
     if isinstance(exc, RequestError):
         return _json_error(exc.status, str(exc))
-    if isinstance(exc, (ToolCallError, InvalidArgumentError, ContextSizeError)):
-        return _json_error(400, str(exc))
+    if isinstance(exc, (ToolCallError, InvalidArgumentError, ContextSizeError, UnsupportedModelError, AudioError)):
+        return _json_error(400, str(exc))  # the request asks for something this model cannot take
     if isinstance(exc, EdgeRuntimeError):
         return _json_error(500, str(exc), "server_error")
     log.exception("unexpected error while handling a request")
@@ -238,11 +241,11 @@ def build_app(state: ServerState) -> Starlette:
         return JSONResponse({"object": "list", "data": [
             {"id": state.model_id, "object": "model", "created": 0, "owned_by": "edge_runtime"}]})
 
-    def generation(kind: str, parse: Callable[[dict[str, Any], int], Job]) -> Callable[[Request], Any]:
+    def generation(kind: str, parse: Callable[[dict[str, Any], int, Path | None], Job]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
             require_key(request)
             body = parse_json_body(await _read_body(request, settings))
-            job = parse(body, settings.max_tokens)
+            job = parse(body, settings.max_tokens, settings.media_dir)
             streaming = body.get("stream", False)
             if not isinstance(streaming, bool):
                 raise RequestError(f"stream must be true or false, not {streaming!r}")

@@ -7,16 +7,20 @@ a running generation).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from edge_runtime.chat import ChatSession
 from edge_runtime.chat_format import Message
 from edge_runtime.errors import ContextSizeError, EdgeRuntimeError, InvalidArgumentError
 from edge_runtime.generate import GenerationSettings, Stream
+from edge_runtime.media import Audio, Image
 from edge_runtime.model import Model
 from edge_runtime.tools import Tool, ToolCall, as_tools, json_schema_grammar, tool_call_grammar
 
@@ -141,24 +145,74 @@ def _response_format_grammar(fmt: Any) -> str | None:
 # --------------------------------------------------------------------------- messages
 
 
-def _content(value: Any) -> str:
-    """Message content: a string, or OpenAI's list of parts (text parts only)."""
+MAX_MEDIA_BYTES = 20 << 20  # one image or clip, decoded
+
+
+def _content(value: Any, media_dir: Path | None) -> list[Any]:
+    """Message content -> parts: a string, or OpenAI's list of parts (text, image_url, input_audio)."""
     if value is None:
-        return ""
+        return [""]
     if isinstance(value, str):
-        return value
+        return [value]
     if isinstance(value, list):
-        texts = []
+        parts: list[Any] = []
         for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise RequestError(f"message content part of type {kind!r} is not supported (text only)")
-            text = part.get("text", "")
-            if not isinstance(text, str):
-                raise RequestError(f"a text part's 'text' must be a string, not {type(text).__name__}")
-            texts.append(text)
-        return "".join(texts)
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind == "text":
+                text = part.get("text", "")
+                if not isinstance(text, str):
+                    raise RequestError(f"a text part's 'text' must be a string, not {type(text).__name__}")
+                parts.append(text)
+            elif kind == "image_url":
+                parts.append(_image_part(part.get("image_url"), media_dir))
+            elif kind == "input_audio":
+                parts.append(_audio_part(part.get("input_audio")))
+            else:
+                raise RequestError(f"message content part of type {kind!r} is not supported "
+                                   "(text, image_url, input_audio)")
+        return parts
     raise RequestError(f"message content must be a string or a list of parts, not {type(value).__name__}")
+
+
+def _base64(data: Any, what: str) -> bytes:
+    if not isinstance(data, str) or not data:
+        raise RequestError(f"{what} needs base64 data")
+    if len(data) > MAX_MEDIA_BYTES * 4 // 3 + 4:
+        raise RequestError(f"{what} is larger than the {MAX_MEDIA_BYTES >> 20} MiB a media item may be",
+                           HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"{what} is not valid base64") from None
+
+
+def _image_part(spec: Any, media_dir: Path | None) -> Image:
+    url = spec.get("url") if isinstance(spec, dict) else spec
+    if not isinstance(url, str) or not url:
+        raise RequestError("an image_url part needs {'url': 'data:image/png;base64,...'}")
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        if not header.endswith(";base64"):
+            raise RequestError("an image data URL must be base64 (data:image/png;base64,...)")
+        return Image(_base64(payload, "the image_url data"))
+    if url.startswith(("http://", "https://")):
+        raise RequestError("this server does not fetch URLs: send the image as a data URL (data:image/png;base64,...)")
+    if media_dir is None:
+        raise RequestError("image_url must be a data URL; local files are read only when the server is started "
+                           "with --media-dir DIR")
+    raw = Path(url.removeprefix("file://"))
+    path = (raw if raw.is_absolute() else media_dir / raw).resolve()
+    if not path.is_relative_to(media_dir) or not path.is_file():
+        raise RequestError(f"image {url!r} is not a file inside the server's media folder")
+    return Image(path)
+
+
+def _audio_part(spec: Any) -> Audio:
+    if not isinstance(spec, dict):
+        raise RequestError("an input_audio part needs {'data': BASE64, 'format': 'wav' | 'mp3'}")
+    if spec.get("format") not in ("wav", "mp3"):
+        raise RequestError(f"input_audio format must be 'wav' or 'mp3', not {spec.get('format')!r}")
+    return Audio(_base64(spec.get("data"), "the input_audio data"))
 
 
 def _tool_call(c: Any) -> ToolCall:
@@ -173,8 +227,8 @@ def _tool_call(c: Any) -> ToolCall:
     return ToolCall(fn["name"], args if isinstance(args, dict) else {})
 
 
-def parse_messages(raw: Any) -> list[Message]:
-    """OpenAI chat messages -> Messages (tool calls and tool results included)."""
+def parse_messages(raw: Any, media_dir: Path | None = None) -> list[Message]:
+    """OpenAI chat messages -> Messages (tool calls, tool results and media parts included)."""
     if not isinstance(raw, list) or not raw:
         raise RequestError("messages must be a non-empty list")
     call_names: dict[str, str] = {}
@@ -194,7 +248,12 @@ def parse_messages(raw: Any) -> list[Message]:
         name = None
         if role == "tool":
             name = m.get("name") or call_names.get(str(m.get("tool_call_id", "")))
-        out.append(Message(role, _content(m.get("content")), tool_calls=calls, name=name))
+        parts = _content(m.get("content"), media_dir)
+        if role != "user" and not all(isinstance(p, str) for p in parts):
+            raise RequestError(f"media parts go in user messages, not in {role!r} ones")
+        message = Message.of_parts(role, parts)
+        message.tool_calls, message.name = calls, name
+        out.append(message)
     if out[-1].role not in ("user", "tool"):
         raise RequestError("the last message must be from the user or a tool result")
     return out
@@ -256,7 +315,7 @@ class ChatJob:
         return session.send(None)
 
 
-def parse_completion(body: dict[str, Any], max_tokens: int) -> CompletionJob:
+def parse_completion(body: dict[str, Any], max_tokens: int, media_dir: Path | None = None) -> CompletionJob:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
@@ -265,8 +324,8 @@ def parse_completion(body: dict[str, Any], max_tokens: int) -> CompletionJob:
     return CompletionJob(prompt, parse_settings(body, max_tokens))
 
 
-def parse_chat(body: dict[str, Any], max_tokens: int) -> ChatJob:
-    messages = parse_messages(body.get("messages"))
+def parse_chat(body: dict[str, Any], max_tokens: int, media_dir: Path | None = None) -> ChatJob:
+    messages = parse_messages(body.get("messages"), media_dir)
     settings = parse_settings(body, max_tokens)
     tools, grammar = _tools_and_grammar(body)
     if grammar:
