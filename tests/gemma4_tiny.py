@@ -56,10 +56,13 @@ def _tokenizer(folder: Path) -> dict[str, int]:
     return vocab
 
 
-def build_tiny_gemma4(folder: Path, *, seed: int = 0, with_audio: bool = True, bf16: bool = False) -> Path:
+def build_tiny_gemma4(folder: Path, *, seed: int = 0, with_audio: bool = True, bf16: bool = False,
+                      hidden_size: int = 64) -> Path:
     """Write the checkpoint (config.json, model.safetensors, tokenizer) to `folder`.
 
-    bf16=True stores the weights in bfloat16, as the real Gemma 4 checkpoints are.
+    bf16=True stores the weights in bfloat16, as the real Gemma 4 checkpoints are. hidden_size=1536 gives the
+    text model Gemma 4 E2B's width, by which llama.cpp decides that image tokens attend causally (as in
+    transformers for E2B/E4B).
     """
     import torch
     from transformers.models.gemma4 import Gemma4Config, Gemma4ForConditionalGeneration
@@ -70,7 +73,7 @@ def build_tiny_gemma4(folder: Path, *, seed: int = 0, with_audio: bool = True, b
     text = dict(
         vocab_size=VOCAB_SIZE,
         vocab_size_per_layer_input=VOCAB_SIZE,
-        hidden_size=64,
+        hidden_size=hidden_size,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=2,

@@ -126,7 +126,9 @@ def test_mmproj_metadata_and_tensor_layout(checkpoint, mmproj):
     assert meta["clip.audio.num_mel_bins"] == 128
     assert meta["clip.audio.projection_dim"] == 64  # the text model's n_embd
     assert meta["clip.audio.block_count"] == 2
-    assert not any(name.startswith("v.") for name in tensors)  # audio only
+    # the vision tower rides along in the same file, as llama.cpp's converter writes it
+    assert meta["clip.has_vision_encoder"] is True and meta["clip.vision.projector_type"] == "gemma4v"
+    assert all(name.startswith(("a.", "v.", "mm.")) for name in tensors)
 
     hf = load_file(checkpoint / "model.safetensors")
     # per_dim_scale is stored after softplus
@@ -167,15 +169,28 @@ def test_bf16_checkpoint_converts_exactly(workdir, checkpoint, mmproj):
                                torch.nn.functional.softplus(x.float()).numpy(), rtol=1e-6)
 
 
-def test_checkpoint_without_audio_tower_is_refused_and_leaves_no_file(workdir):
+def test_checkpoint_without_audio_tower(workdir):
+    """A Gemma 4 without audio (the dense models) gets a vision-only projector; one with neither tower is refused
+    and leaves no file."""
+    from edge_runtime.audio.gemma_audio import GemmaSpeechEngine
+    from edge_runtime.conversion import convert_checkpoint
     from edge_runtime.conversion.mmproj import convert_mmproj
 
     src = build_tiny_gemma4(workdir / "no-audio", with_audio=False)
-    out = workdir / "no-audio-mmproj.gguf"
-    with pytest.raises(ConversionError, match="config.json.*no audio_config"):
+    out = convert_mmproj(src, workdir / "no-audio-mmproj.gguf", progress=False)
+    meta, _ = _read(out)
+    assert meta["clip.has_vision_encoder"] is True and meta["clip.has_audio_encoder"] is False
+    text = convert_checkpoint(src, workdir / "no-audio.gguf", "f32", progress=False).path
+    with pytest.raises(UnsupportedModelError, match="has no audio encoder"):
+        GemmaSpeechEngine(text, out)
+    config = json.loads((src / "config.json").read_text())
+    del config["vision_config"]
+    (src / "config.json").write_text(json.dumps(config))
+    out = workdir / "neither-mmproj.gguf"
+    with pytest.raises(ConversionError, match="neither an audio nor a vision tower"):
         convert_mmproj(src, out, progress=False)
     assert not out.exists()
-    assert not [p for p in workdir.iterdir() if p.name.startswith(".no-audio-mmproj")]
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".neither-mmproj")]
 
 
 def test_failure_while_writing_leaves_no_file(workdir, checkpoint):

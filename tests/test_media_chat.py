@@ -149,7 +149,7 @@ def test_media_errors(vision_files, audio_files, tmp_path):
         with pytest.raises(InvalidArgumentError, match="not an image or audio file"):
             ChatSession(model).ask([Image(bad), "Hi"])
     # a projector made for another model: another generation, another width
-    with pytest.raises(InvalidModelError, match="is a gemma4 projector .gemma4a. but the model is gemma3"):
+    with pytest.raises(InvalidModelError, match="is a gemma4 projector .gemma4[av]. but the model is gemma3"):
         load_model(text_gguf, n_ctx=512, flash_attn=False, mmproj=audio_mmproj)
     narrow = tmp_path / "narrow.gguf"
     copy_with_metadata(audio_mmproj, narrow, {"clip.audio.projection_dim": 32})

@@ -1,10 +1,11 @@
 """Multimodal projector (mmproj) GGUF files from a Hugging Face checkpoint folder.
 
-llama.cpp's mtmd loads a model's encoders from a separate "clip" GGUF. Two
-are written here, each mapped in its own module:
-- Gemma 4 E2B/E4B audio (`mmproj_audio.py`, projector `gemma4a`);
+llama.cpp's mtmd loads a model's encoders from a separate "clip" GGUF. Written
+here, each mapped in its own module:
+- Gemma 4 audio (`mmproj_audio.py`, projector `gemma4a`) and vision (`mmproj_gemma4_vision.py`,
+  projector `gemma4v`), in one file as llama.cpp's converter writes them;
 - Gemma 3 vision, SigLIP (`mmproj_vision.py`, projector `gemma3`).
-Gemma 3n's audio encoder does not run in this llama.cpp.
+Gemma 3n's audio encoder does not run in mtmd: `gemma3n_audio.py` writes it as ONNX.
 
 Torch-free: tensors come one at a time from memory-mapped safetensors shards
 (`conversion.checkpoint.Checkpoint`, which also reads bf16), are converted and
@@ -100,7 +101,7 @@ def convert_mmproj(
     outtype: f32, f16 (default), bf16 or q8_0 for the 2-D weights; norms,
     scalars, convolutions and embeddings stay F32. Returns the output path.
     """
-    from edge_runtime.conversion import mmproj_audio, mmproj_vision
+    from edge_runtime.conversion import mmproj_audio, mmproj_gemma4_vision, mmproj_vision
 
     src = Path(src)
     out = Path(out)
@@ -111,19 +112,38 @@ def convert_mmproj(
     config, config_path = _read_config(src)
     model_type = str(config.get("model_type", ""))
     if model_type.startswith("gemma3") and not model_type.startswith("gemma3n"):
-        kind, info = mmproj_vision, mmproj_vision.read_config(config, config_path)
-    else:  # Gemma 4 audio; Gemma 3n and the rest are refused there with the reason
-        kind, info = mmproj_audio, mmproj_audio.read_config(config, config_path)
+        parts = [(mmproj_vision, mmproj_vision.read_config(config, config_path))]
+    elif model_type.startswith("gemma4"):  # audio and vision in one file, as llama.cpp writes them
+        parts = []
+        if config.get("audio_config"):
+            parts.append((mmproj_audio, mmproj_audio.read_config(config, config_path)))
+        vision = mmproj_gemma4_vision.read_config(config, config_path)
+        if vision is not None:
+            parts.append((mmproj_gemma4_vision, vision))
+        if not parts:
+            raise ConversionError(f"{config_path}: this Gemma 4 checkpoint has neither an audio nor a vision tower")
+    else:  # Gemma 3n and the rest are refused there with the reason
+        parts = [(mmproj_audio, mmproj_audio.read_config(config, config_path))]
     with Checkpoint(src) as ckpt:
-        plan = kind.plan(ckpt.tensors, info, src, outtype)
+        plan: list[PlannedTensor] = []
+        transforms: dict[str, Callable[[str, np.ndarray], np.ndarray]] = {}
+        for kind, info in parts:
+            for p in kind.plan(ckpt.tensors, info, src, outtype):
+                plan.append(p)
+                transforms[p.hf_name] = kind.transform
+        kinds = [kind.KIND for kind, _ in parts]
 
         def metadata(writer: gguf.GGUFWriter) -> None:
             writer.add_type(gguf.GGUFType.MMPROJ)
-            writer.add_name(f"{src.name} {kind.KIND} projector")
+            writer.add_name(f"{src.name} {' and '.join(kinds)} projector")
             writer.add_file_type(_FILE_TYPES[outtype])
-            kind.write_metadata(writer, info)
+            writer.add_bool("clip.has_vision_encoder", "vision" in kinds)
+            writer.add_bool("clip.has_audio_encoder", "audio" in kinds)
+            for kind, info in parts:
+                kind.write_metadata(writer, info)
 
-        return _write(out, plan, metadata, kind.transform, progress, f"the {kind.KIND} projector {out.name}")
+        return _write(out, plan, metadata, lambda name, data: transforms[name](name, data), progress,
+                      f"the {' and '.join(kinds)} projector {out.name}")
 
 
 def _write(out: Path, plan: list[PlannedTensor], metadata: Callable[[gguf.GGUFWriter], None],

@@ -181,8 +181,6 @@ def plan(tensors: dict[str, TensorRef], info: AudioProjectorInfo, src: Path, out
 
 
 def write_metadata(writer: gguf.GGUFWriter, info: AudioProjectorInfo) -> None:
-    writer.add_bool("clip.has_vision_encoder", False)
-    writer.add_bool("clip.has_audio_encoder", True)
     writer.add_string("clip.audio.projector_type", "gemma4a")
     writer.add_uint32("clip.audio.projection_dim", info.n_embd_text)
     writer.add_uint32("clip.audio.embedding_length", info.hidden_size)

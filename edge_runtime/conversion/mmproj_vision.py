@@ -143,8 +143,6 @@ def plan(tensors: dict[str, TensorRef], info: VisionProjectorInfo, src: Path, ou
 
 
 def write_metadata(writer: gguf.GGUFWriter, info: VisionProjectorInfo) -> None:
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_bool("clip.has_audio_encoder", False)
     writer.add_clip_projector_type(gguf.VisionProjectorType.GEMMA3)
     writer.add_vision_projection_dim(info.n_embd_text)
     writer.add_vision_image_size(info.image_size)
