@@ -38,12 +38,16 @@ def no_vision_tower():
         modeling_gemma3n.AutoModel.from_config = real
 
 
-def tiny_gemma3n_config(text_dir: Path, **audio_overrides):
+def tiny_gemma3n_config(text_dir: Path, *, text_hidden: int | None = None, **audio_overrides):
+    """text_hidden=2048 gives the text model Gemma 3n E2B's width, which llama.cpp's mtmd requires of a
+    MobileNetV5 projector (it compares the text width with the vision tower's, 2048)."""
     import transformers
 
     text = {k: v for k, v in json.loads((text_dir / "config.json").read_text()).items()
             if k not in ("architectures", "model_type", "transformers_version", "dtype", "torch_dtype")}
     text["max_position_embeddings"] = 1024
+    if text_hidden:
+        text["hidden_size"] = text_hidden
     return transformers.Gemma3nConfig(text_config=transformers.Gemma3nTextConfig(**text),
                                       audio_config=transformers.Gemma3nAudioConfig(**{**AUDIO, **audio_overrides}))
 

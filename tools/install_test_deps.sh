@@ -17,3 +17,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python -m pip install -q -e ".[test]"
+
+# llama.cpp's own converter (convert_hf_to_gguf.py, from the llama-cpp-python sdist we pin) is the reference for
+# projector layouts transformers cannot check here (Gemma 3n's MobileNetV5): unpacked under .cache/.
+SDIST_DIR=.cache/llama-cpp-python-0.3.36
+if [ ! -f "$SDIST_DIR/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
+    mkdir -p .cache
+    python -m pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d .cache
+    tar -xzf .cache/llama_cpp_python-0.3.36.tar.gz -C .cache
+    mv .cache/llama_cpp_python-0.3.36 "$SDIST_DIR"
+fi
+# timm builds MobileNetV5 (Gemma 3n's vision tower) for the tests; without its dependencies, whose torchvision
+# would replace the CPU torch (tests/gemma3n_vision.py stands in for the torchvision parts it never uses).
+python -m pip install -q --no-deps "timm==1.0.31"

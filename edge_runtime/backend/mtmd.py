@@ -101,6 +101,12 @@ def check_belongs(info: ProjectorInfo, model: LlamaModel) -> None:
         if owner is not None and owner != arch:
             raise InvalidModelError(f"{info.path} is a {owner} projector ({kind}) but the model is {arch}: "
                                     "pass the mmproj converted from the same checkpoint as the model")
+    if info.vision_projector == "gemma3nv":
+        flat = [t.name for t in read_header(info.path).tensors if t.name.endswith("layer_scale.gamma") and len(t.shape) == 1]
+        if flat:  # mtmd's MobileNetV5 graph would abort the process on these
+            raise InvalidModelError(f"{info.path} stores MobileNetV5's layer scales as 1-D tensors ({flat[0]}, ...), "
+                                    "which llama.cpp's vision graph cannot use (it aborts); write the projector again "
+                                    "with `edge-runtime convert-mmproj CKPT -o mmproj.gguf`")
     if info.projection_dim is not None and info.projection_dim != model.n_embd_inp:
         raise InvalidModelError(f"{info.path} projects to {info.projection_dim}-wide embeddings but the model's "
                                 f"input is {model.n_embd_inp} wide: the projector belongs to another model size; "

@@ -4,7 +4,8 @@ llama.cpp's mtmd loads a model's encoders from a separate "clip" GGUF. Written
 here, each mapped in its own module:
 - Gemma 4 audio (`mmproj_audio.py`, projector `gemma4a`) and vision (`mmproj_gemma4_vision.py`,
   projector `gemma4v`), in one file as llama.cpp's converter writes them;
-- Gemma 3 vision, SigLIP (`mmproj_vision.py`, projector `gemma3`).
+- Gemma 3 vision, SigLIP (`mmproj_vision.py`, projector `gemma3`);
+- Gemma 3n vision, MobileNetV5 (`mmproj_gemma3n_vision.py`, projector `gemma3nv`).
 Gemma 3n's audio encoder does not run in mtmd: `gemma3n_audio.py` writes it as ONNX.
 
 Torch-free: tensors come one at a time from memory-mapped safetensors shards
@@ -101,7 +102,7 @@ def convert_mmproj(
     outtype: f32, f16 (default), bf16 or q8_0 for the 2-D weights; norms,
     scalars, convolutions and embeddings stay F32. Returns the output path.
     """
-    from edge_runtime.conversion import mmproj_audio, mmproj_gemma4_vision, mmproj_vision
+    from edge_runtime.conversion import mmproj_audio, mmproj_gemma3n_vision, mmproj_gemma4_vision, mmproj_vision
 
     src = Path(src)
     out = Path(out)
@@ -122,7 +123,13 @@ def convert_mmproj(
             parts.append((mmproj_gemma4_vision, vision))
         if not parts:
             raise ConversionError(f"{config_path}: this Gemma 4 checkpoint has neither an audio nor a vision tower")
-    else:  # Gemma 3n and the rest are refused there with the reason
+    elif model_type.startswith("gemma3n"):  # the vision tower (mtmd); the audio tower goes to ONNX
+        vision = mmproj_gemma3n_vision.read_config(config, config_path)
+        if vision is None:
+            raise ConversionError(f"{config_path}: this Gemma 3n checkpoint has no vision tower; its audio encoder "
+                                  "is written as ONNX: edge-runtime convert-mmproj CKPT -o audio.onnx")
+        parts = [(mmproj_gemma3n_vision, vision)]
+    else:  # the rest are refused there with the reason
         parts = [(mmproj_audio, mmproj_audio.read_config(config, config_path))]
     with Checkpoint(src) as ckpt:
         plan: list[PlannedTensor] = []
