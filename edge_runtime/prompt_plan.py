@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, Union
+from collections import OrderedDict
+from typing import Callable, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -120,3 +121,36 @@ class PromptPlan:
                 return report
             pos = end
         return report
+
+
+class MediaCache:
+    """What an encoder keeps per media item, by content hash: its runs (small; many kept) and its
+    embedding rows (bounded in bytes), so a conversation's media are laid out and encoded once."""
+
+    def __init__(self, max_items: int = 256, max_bytes: int = 256 * 2**20) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._runs: OrderedDict[str, list] = OrderedDict()
+        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def runs(self, key: str, build: Callable[[], list]) -> list:
+        found = self._runs.get(key)
+        if found is None:
+            found = self._runs[key] = build()
+            while len(self._runs) > self.max_items:
+                self._runs.popitem(last=False)
+        self._runs.move_to_end(key)
+        return found
+
+    def rows(self, digest: str, encode: Callable[[], np.ndarray]) -> np.ndarray:
+        found = self._rows.get(digest)
+        if found is None:
+            found = self._rows[digest] = encode()
+            while sum(r.nbytes for r in self._rows.values()) > self.max_bytes and len(self._rows) > 1:
+                self._rows.popitem(last=False)
+        self._rows.move_to_end(digest)
+        return found
+
+    def clear(self) -> None:
+        self._runs.clear()
+        self._rows.clear()

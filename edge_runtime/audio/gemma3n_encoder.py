@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,11 @@ from edge_runtime.backend.core import LlamaModel
 from edge_runtime.errors import AudioError, InvalidArgumentError, InvalidModelError, UnsupportedModelError
 from edge_runtime.media import Audio, audio_array
 from edge_runtime.media import digest as media_digest
-from edge_runtime.prompt_plan import MediaSpan
+from edge_runtime.prompt_plan import MediaCache, MediaSpan
 
 KIND = "gemma3n-audio-encoder"
 SAMPLE_RATE = 16000
 _MIN_SAMPLES = 513  # one mel frame
-_EMBEDDING_CACHE_BYTES = 256 * 2**20
 
 
 class Gemma3nAudioEncoder:
@@ -78,13 +76,11 @@ class Gemma3nAudioEncoder:
         self.features = Gemma3nFeatureExtractor()
         stat = self.path.stat()
         self.identity = f"{self.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        self._runs: OrderedDict[str, list] = OrderedDict()
-        self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache = MediaCache()
 
     def close(self) -> None:
         self.session = None
-        self._runs.clear()
-        self._embeddings.clear()
+        self._cache.clear()
 
     # decoding files and bytes (for media.audio_array)
     def decode(self, data: bytes, what: str) -> np.ndarray:
@@ -107,20 +103,16 @@ class Gemma3nAudioEncoder:
         if not isinstance(part, Audio):
             raise UnsupportedModelError(f"{self.path} encodes audio only: this model cannot see images here")
         key = hashlib.sha256(f"{media_digest(part)}|{self.identity}".encode()).hexdigest()
-        runs = self._runs.get(key)
-        if runs is None:
-            samples = self._samples(part)
-            runs = []
-            for i, start in enumerate(range(0, samples.size, self.features.settings.max_samples)):
-                if i:
-                    runs.append(list(self.between_ids))
-                runs += [list(self.start_ids),
-                         MediaSpan(hashlib.sha256(f"{key}|{i}".encode()).hexdigest(), self.soft_tokens + 1, "audio", self,
-                                   payload=(part, start))]
-            self._runs[key] = runs
-            while len(self._runs) > 256:
-                self._runs.popitem(last=False)
-        self._runs.move_to_end(key)
+        return self._cache.runs(key, lambda: self._layout(part, key))
+
+    def _layout(self, part: Audio, key: str) -> list:
+        samples = self._samples(part)
+        runs: list = []
+        for i, start in enumerate(range(0, samples.size, self.features.settings.max_samples)):
+            if i:
+                runs.append(list(self.between_ids))
+            digest = hashlib.sha256(f"{key}|{i}".encode()).hexdigest()
+            runs += [list(self.start_ids), MediaSpan(digest, self.soft_tokens + 1, "audio", self, payload=(part, start))]
         return runs
 
     def _samples(self, part: Audio) -> np.ndarray:
@@ -138,16 +130,9 @@ class Gemma3nAudioEncoder:
 
     def embeddings(self, span: MediaSpan) -> np.ndarray:
         """The span's rows: the encoder's frames, padding rows up to 188, the <end_of_audio> row."""
-        rows = self._embeddings.get(span.digest)
-        if rows is None:
-            part, start = span.payload
-            clip = self._samples(part)[start : start + self.features.settings.max_samples]
-            rows = self.encode(clip)
-            self._embeddings[span.digest] = rows
-            while sum(r.nbytes for r in self._embeddings.values()) > _EMBEDDING_CACHE_BYTES and len(self._embeddings) > 1:
-                self._embeddings.popitem(last=False)
-        self._embeddings.move_to_end(span.digest)
-        return rows
+        part, start = span.payload
+        step = self.features.settings.max_samples
+        return self._cache.rows(span.digest, lambda: self.encode(self._samples(part)[start : start + step]))
 
     def encode(self, clip: np.ndarray) -> np.ndarray:
         """One clip (at most 30 s of 16 kHz mono) -> [188 + 1, text width] float32 rows."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from edge_runtime.errors import (
 from edge_runtime.gguf_file import read_header
 from edge_runtime.media import Image, audio_array, image_array
 from edge_runtime.media import digest as media_digest
-from edge_runtime.prompt_plan import MediaSpan
+from edge_runtime.prompt_plan import MediaCache, MediaSpan
 
 _logs_routed = False
 
@@ -38,7 +37,6 @@ _logs_routed = False
 # (a 1-sample input aborts the process, a 1-sample tail after a 30 s boundary fails).
 _PIECE_SECONDS = 30
 _MIN_SAMPLES = 160
-_EMBEDDING_CACHE_BYTES = 256 * 2**20  # encoded media kept for reuse across turns
 
 
 def _route_logs() -> None:
@@ -173,8 +171,7 @@ class MultimodalProjector:
         self.n_embd = model.n_embd_inp
         stat = self.path.stat()
         self.identity = f"{self.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        self._runs: OrderedDict[str, list] = OrderedDict()
-        self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache = MediaCache()
         if require_audio and not self.supports_audio:
             self.close()
             raise UnsupportedModelError(f"llama.cpp loaded {self.path} without audio support (projector {info.audio_projector})")
@@ -322,43 +319,35 @@ class MultimodalProjector:
     def media_runs(self, part) -> list:
         """Boundary tokens and the media span mtmd lays out for one Image/Audio part (cached by content)."""
         key = hashlib.sha256(f"{media_digest(part)}|{self.identity}".encode()).hexdigest()
-        runs = self._runs.get(key)
-        if runs is None:
-            kind = "image" if isinstance(part, Image) else "audio"
-            load = (lambda: image_array(part, self)) if kind == "image" else (lambda: audio_array(part, self))
-            with _Chunks() as chunks:
-                self._tokenize(chunks, default_marker(), self._media_bitmap(kind, load()), add_special=False)
-                runs = []
-                for i in range(len(chunks)):
-                    chunk = chunks.get(i)
-                    if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                        runs.append(self._text_tokens(chunk))
-                        continue
-                    n_pos = int(mt.mtmd_input_chunk_get_n_pos(chunk))
-                    if n_pos != int(mt.mtmd_input_chunk_get_n_tokens(chunk)):
-                        raise UnsupportedModelError(f"{self.path}: projectors with M-RoPE positions are not supported")
-                    runs.append(MediaSpan(key, n_pos, kind, self, payload=load,
-                                          non_causal=bool(mt.mtmd_decode_use_non_causal(self.ptr, chunk))))
-            self._runs[key] = runs
-            while len(self._runs) > 256:
-                self._runs.popitem(last=False)
-        self._runs.move_to_end(key)
+        return self._cache.runs(key, lambda: self._layout(part, key))
+
+    def _layout(self, part, key: str) -> list:
+        kind = "image" if isinstance(part, Image) else "audio"
+        load = (lambda: image_array(part, self)) if kind == "image" else (lambda: audio_array(part, self))
+        runs: list = []
+        with _Chunks() as chunks:
+            self._tokenize(chunks, default_marker(), self._media_bitmap(kind, load()), add_special=False)
+            for i in range(len(chunks)):
+                chunk = chunks.get(i)
+                if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                    runs.append(self._text_tokens(chunk))
+                    continue
+                n_pos = int(mt.mtmd_input_chunk_get_n_pos(chunk))
+                if n_pos != int(mt.mtmd_input_chunk_get_n_tokens(chunk)):
+                    raise UnsupportedModelError(f"{self.path}: projectors with M-RoPE positions are not supported")
+                runs.append(MediaSpan(key, n_pos, kind, self, payload=load,
+                                      non_causal=bool(mt.mtmd_decode_use_non_causal(self.ptr, chunk))))
         return runs
 
     def embeddings(self, span: MediaSpan) -> np.ndarray:
         """The encoder's rows for a span from `media_runs` ([n_pos, n_embd]), kept for reuse by content."""
-        rows = self._embeddings.get(span.digest)
-        if rows is None:
-            with _Chunks() as chunks:
-                self._tokenize(chunks, default_marker(), self._media_bitmap(span.kind, span.payload()),
-                               add_special=False)
-                chunk_type = mt.MTMD_INPUT_CHUNK_TYPE_IMAGE if span.kind == "image" else mt.MTMD_INPUT_CHUNK_TYPE_AUDIO
-                rows = self._encode(chunks, chunk_type, f"the {span.kind}")
-            self._embeddings[span.digest] = rows
-            while sum(r.nbytes for r in self._embeddings.values()) > _EMBEDDING_CACHE_BYTES and len(self._embeddings) > 1:
-                self._embeddings.popitem(last=False)
-        self._embeddings.move_to_end(span.digest)
-        return rows
+        return self._cache.rows(span.digest, lambda: self._encode_span(span))
+
+    def _encode_span(self, span: MediaSpan) -> np.ndarray:
+        with _Chunks() as chunks:
+            self._tokenize(chunks, default_marker(), self._media_bitmap(span.kind, span.payload()), add_special=False)
+            chunk_type = mt.MTMD_INPUT_CHUNK_TYPE_IMAGE if span.kind == "image" else mt.MTMD_INPUT_CHUNK_TYPE_AUDIO
+            return self._encode(chunks, chunk_type, f"the {span.kind}")
 
     def _media_bitmap(self, kind: str, arr: np.ndarray):
         return self._image_bitmap(arr) if kind == "image" else self._audio_bitmap(self._check_samples(arr, None))
