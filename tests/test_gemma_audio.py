@@ -219,7 +219,8 @@ def test_gemma3n_checkpoint_is_refused_with_reason(workdir):
     src = workdir / "fake-gemma3n"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({"model_type": "gemma3n", "audio_config": {"hidden_size": 1536}}))
-    with pytest.raises(ConversionError, match="Gemma 3n's audio encoder does not run in llama.cpp's mtmd.*-o audio.onnx"):
+    with pytest.raises(ConversionError, match="Gemma 3n checkpoint has no vision tower; its audio encoder is written as "
+                                              "ONNX.*-o audio.onnx"):
         convert_mmproj(src, workdir / "g3n.gguf", progress=False)
 
 

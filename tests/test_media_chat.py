@@ -50,7 +50,12 @@ def media_positions(model) -> int:
     return sum(1 for k in model.generator.cache.tokens if k < 0)
 
 
-def run_chat(model, make_media, span_positions: int, n_turns: int = 30) -> list:
+def span_positions(model, item) -> int:
+    (start, end), = model.plan([item, "x"]).span_ranges()
+    return end - start
+
+
+def run_chat(model, make_media, n_turns: int = 30) -> list:
     chat = ChatSession(model, "Be brief.", settings=GenerationSettings(temperature=0, max_tokens=8))
     results = []
     previous = None
@@ -68,7 +73,7 @@ def run_chat(model, make_media, span_positions: int, n_turns: int = 30) -> list:
         window = chat.window_messages
         in_window = sum(len(msg.media) for msg in window)
         # media in the window are there whole: every span's positions, nothing cut
-        assert media_positions(model) == in_window * span_positions, turn
+        assert media_positions(model) == sum(span_positions(model, m) for msg in window for m in msg.media), turn
         if previous is not None and previous_had_media_in_window(previous):
             assert m.reused_tokens > 0, (turn, m)
             if res.dropped_messages == 0:
@@ -107,18 +112,25 @@ def previous_had_media_in_window(res) -> bool:
 def test_30_turn_chat_with_images(vision_files):
     text_gguf, mmproj = vision_files
     with load_model(text_gguf, n_ctx=1024, flash_attn=False, mmproj=mmproj) as model:
-        span = model.plan([Image(IMAGES[0]), "x"]).span_ranges()
-        n_pos = span[0][1] - span[0][0]
-        run_chat(model, lambda t: Image(IMAGES[t % 3]) if t % 4 == 0 else None, n_pos)
+        run_chat(model, lambda t: Image(IMAGES[t % 3]) if t % 4 == 0 else None)
 
 
-def test_30_turn_chat_with_clips(audio_files):
+def test_30_turn_chat_with_images_and_clips(audio_files):
+    """Gemma 4's projector holds both towers: images and clips in several turns of one conversation."""
     text_gguf, mmproj = audio_files
-    clip = chirp(1.0)
+    clips = [Audio(chirp(1.0) * (1 + k), sample_rate=SR) for k in range(2)]
+    images = [Image(IMAGES[k]) for k in range(2)]
+
+    def media(turn: int):
+        if turn % 5 == 1:
+            return clips[turn % 2]
+        if turn % 7 == 3:
+            return images[turn % 2]
+        return None
+
     with load_model(text_gguf, n_ctx=1024, flash_attn=False, mmproj=mmproj) as model:
-        span = model.plan([Audio(clip, sample_rate=SR), "x"]).span_ranges()
-        n_pos = span[0][1] - span[0][0]
-        run_chat(model, lambda t: Audio(clip * (1 + t % 2), sample_rate=SR) if t % 5 == 1 else None, n_pos)
+        assert span_positions(model, images[0]) != span_positions(model, clips[0])
+        run_chat(model, media)
 
 
 def test_a_media_item_too_big_for_the_window_is_refused(audio_files):
