@@ -259,3 +259,19 @@ def test_transcribe_with_the_gemma_engine(files, speech, tmp_path):
                            "--model", str(text_gguf), "--mmproj", str(encoder), "--translate-to", "French", "--format", "json"],
                           capture_output=True, text=True, timeout=300)
     assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr  # 1: a random model's non-translation
+
+
+def test_listen_with_gemma3n(files, speech, tmp_path):
+    """The live path (`listen`, here replaying a file in real time) runs on Gemma 3n's ears too."""
+    import soundfile as sf
+
+    text_gguf, encoder = files
+    wav = tmp_path / "live.wav"
+    silence = np.zeros(SR, np.float32)
+    sf.write(wav, np.concatenate([silence, speech, silence, silence]), SR)
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "listen", "--replay", str(wav), "--engine", "gemma",
+                           "--model", str(text_gguf), "--mmproj", str(encoder)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    finals = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert len(finals) == 1 and finals[0].split("]", 1)[1].strip(), proc.stdout  # one utterance, transcribed
