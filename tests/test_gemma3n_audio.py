@@ -275,3 +275,22 @@ def test_listen_with_gemma3n(files, speech, tmp_path):
     assert proc.returncode == 0, proc.stderr
     finals = [line for line in proc.stdout.splitlines() if line.startswith("[")]
     assert len(finals) == 1 and finals[0].split("]", 1)[1].strip(), proc.stdout  # one utterance, transcribed
+
+
+def test_cancelled_media_prompt_leaves_the_model_usable(files, speech):
+    """Cancelled while the clip's rows are being evaluated (the abort check fires inside llama.cpp): the turn ends
+    "cancelled", the cache keeps only what llama.cpp stored, and the next call answers as a fresh model does."""
+    from edge_runtime.generate import CancelToken
+
+    text_gguf, encoder = files
+    prompt = ["Transcribe:", Audio(speech, sample_rate=SR), "Text:"]
+    with load_model(text_gguf, n_ctx=512, flash_attn=False, mmproj=encoder) as fresh:
+        want = fresh.generate(prompt, temperature=0, max_tokens=6).tokens
+    with load_model(text_gguf, n_ctx=512, flash_attn=False, mmproj=encoder) as model:
+        model.generate("Transcribe: something else entirely", temperature=0, max_tokens=2)
+        cancel = CancelToken()
+        cancel.cancel()
+        stopped = model.stream(prompt, temperature=0, max_tokens=6, cancel=cancel).consume()
+        assert stopped.finish_reason == "cancelled" and not stopped.tokens
+        again = model.generate(prompt, temperature=0, max_tokens=6)
+        assert again.tokens == want
