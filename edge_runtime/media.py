@@ -1,11 +1,11 @@
-"""Images and audio in prompts: the parts of a prompt and how each model wraps them.
+"""Images and audio in prompts: the parts of a prompt, and how each model wraps them.
 
 A prompt is a sequence of parts: text (`str`), `Image` (a path, encoded bytes or an
-RGB uint8 array) and `Audio` (a path, or an array with its sample rate). The model's
-projector (mmproj, loaded with `load_model(..., mmproj=...)`) encodes the media;
-each model family gets the text around its media that its transformers processor
-writes (Gemma 3: "\\n\\n<start_of_image>" ... "<end_of_image>\\n\\n", the boundary tokens
-coming from mtmd).
+RGB uint8 array) and `Audio` (a path, encoded bytes, or an array with its sample rate).
+The model's encoders (`MediaEncoders`: mtmd for mmproj GGUFs, onnxruntime for Gemma 3n's
+audio.onnx) turn each item into boundary tokens around a media span; `plan_prompt` puts
+the text around them that the model's transformers processor writes (Gemma 3 and 3n:
+"\\n\\n" before and after; Gemma 4: nothing) and returns a `PromptPlan`.
 """
 
 from __future__ import annotations

@@ -205,6 +205,11 @@ def test_errors(checkpoint, files, tmp_path, default_model_path, speech):
     broken.write_bytes(b"not a protobuf at all")
     with pytest.raises(InvalidModelError, match="not a readable ONNX model"):
         load_model(text_gguf, n_ctx=256, mmproj=broken)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "audio.onnx").write_bytes(encoder.read_bytes())  # moved without its data file
+    with pytest.raises(InvalidModelError, match=r"needs its data file \(audio.onnx.<tag>.data\) beside it"):
+        load_model(text_gguf, n_ctx=256, mmproj=alone / "audio.onnx")
     with pytest.raises(InvalidArgumentError, match="audio encoder not found"):
         load_model(text_gguf, n_ctx=256, mmproj=tmp_path / "missing.onnx")
     with load_model(text_gguf, n_ctx=256, flash_attn=False, mmproj=encoder) as model:

@@ -51,8 +51,9 @@ class Gemma3nAudioEncoder:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for unreadable or incomplete models
-            raise InvalidModelError(f"{self.path} is not a readable ONNX model ({str(exc).splitlines()[0][:200]}); "
-                                    "write it again with `edge-runtime convert-mmproj CKPT -o audio.onnx`") from None
+            raise InvalidModelError(f"{self.path} is not a readable ONNX model ({str(exc).splitlines()[0][:200]}); an "
+                                    f"f32/f16 encoder needs its data file ({self.path.name}.<tag>.data) beside it. "
+                                    "Write it again with `edge-runtime convert-mmproj CKPT -o audio.onnx`") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("edge_runtime.kind") != KIND:
             raise InvalidModelError(f"{self.path} is not a Gemma 3n audio encoder written by edge-runtime "
