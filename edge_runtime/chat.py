@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from edge_runtime.chat_format import MEDIA_SLOT, Message, as_messages
-from edge_runtime.errors import ContextSizeError, InvalidArgumentError
+from edge_runtime.errors import ContextSizeError, EdgeRuntimeError, InvalidArgumentError
 from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Stream, suggest_ctx
 from edge_runtime.media import Part
 from edge_runtime.model import Model
@@ -193,8 +193,7 @@ class ChatSession:
         msg = self.messages[last]
         if msg.media:
             need = len(self._tokenize(self._pinned() + [msg]))
-            del self.messages[last]
-            self._window_start = min(start, len(self.messages))
+            self._window_start = start  # send() drops the message
             raise ContextSizeError(
                 f"the message with its media takes {need} positions, but the {n_ctx}-position window has room for "
                 f"{budget} besides the reply; load the model with --ctx {suggest_ctx(need + reserve)} or more, "
@@ -250,7 +249,14 @@ class ChatSession:
             stop_tokens=tuple(dict.fromkeys((*settings.stop_tokens, *self._stop_tokens))),
         )
         reserve = max(1, min(settings.max_tokens, self.model.n_ctx // 2))
-        tokens, dropped, truncated = self._build_window(reserve)
+        n_before, start_before = len(self.messages), self._window_start
+        try:
+            tokens, dropped, truncated = self._build_window(reserve)
+        except EdgeRuntimeError:
+            if content is not None and len(self.messages) == n_before:  # a message that cannot be sent is not kept
+                del self.messages[-1]
+                self._window_start = min(start_before, len(self.messages))
+            raise
         self._forget_shifted()
         settings = settings.replace(max_tokens=min(settings.max_tokens, self.model.n_ctx - len(tokens)))
         inner = self.model.generator.stream(tokens, settings, cancel)

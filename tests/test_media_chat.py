@@ -158,8 +158,13 @@ def test_media_errors(vision_files, audio_files, tmp_path):
             ChatSession(model).ask([Audio(chirp(1.0), sample_rate=SR), "Hi"])
         bad = tmp_path / "broken.png"
         bad.write_bytes(b"\x89PNG but not really")
+        chat = ChatSession(model, settings=GenerationSettings(temperature=0, max_tokens=2))
+        chat.ask("Hello")
         with pytest.raises(InvalidArgumentError, match="not an image or audio file"):
-            ChatSession(model).ask([Image(bad), "Hi"])
+            chat.ask([Image(bad), "Hi"])
+        # the message that could not be sent is not kept: the conversation goes on
+        assert [m.role for m in chat.messages] == ["user", "assistant"]
+        assert chat.ask("Still there?").finish_reason in ("stop", "length")
     # a projector made for another model: another generation, another width
     with pytest.raises(InvalidModelError, match="is a gemma4 projector .gemma4[av]. but the model is gemma3"):
         load_model(text_gguf, n_ctx=512, flash_attn=False, mmproj=audio_mmproj)
