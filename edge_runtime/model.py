@@ -167,13 +167,6 @@ class Model:
             if old is not None and old not in (self.media.image, self.media.audio):
                 old.close()
 
-    @property
-    def projector(self):
-        """The mmproj (mtmd) projector loaded, if any."""
-        from edge_runtime.backend.mtmd import MultimodalProjector
-
-        return next((e for e in (self.media.image, self.media.audio) if isinstance(e, MultimodalProjector)), None)
-
     def plan(self, parts: Sequence[Part], tokenize=None) -> PromptPlan:
         """A prompt of parts (text, Image, Audio) -> the positions it takes, media wrapped as the model expects."""
         tokenize = tokenize or (lambda text, bos: self.tokenize(text, add_bos=bos))

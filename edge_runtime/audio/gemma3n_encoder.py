@@ -78,10 +78,12 @@ class Gemma3nAudioEncoder:
         stat = self.path.stat()
         self.identity = f"{self.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         self._cache = MediaCache()
+        self._last_samples: tuple[str | None, np.ndarray] = (None, np.zeros(0, np.float32))
 
     def close(self) -> None:
         self.session = None
         self._cache.clear()
+        self._last_samples = (None, np.zeros(0, np.float32))
 
     # decoding files and bytes (for media.audio_array)
     def decode(self, data: bytes, what: str) -> np.ndarray:
@@ -117,6 +119,15 @@ class Gemma3nAudioEncoder:
         return runs
 
     def _samples(self, part: Audio) -> np.ndarray:
+        """The part's checked 16 kHz samples; the last part's are kept, so its 30 s clips decode it once."""
+        key = media_digest(part)
+        if self._last_samples[0] == key:
+            return self._last_samples[1]
+        samples = self._checked_samples(part)
+        self._last_samples = (key, samples)
+        return samples
+
+    def _checked_samples(self, part: Audio) -> np.ndarray:
         samples = audio_array(part, self)
         if samples.size < _MIN_SAMPLES:
             raise AudioError(f"audio too short: {samples.size} samples; Gemma 3n needs at least {_MIN_SAMPLES} "

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-import llama_cpp as lc
 from llama_cpp import mtmd_cpp as mt
 
-from edge_runtime.backend.core import LlamaContext, LlamaModel, _log_callback, ensure_backend, recent_llama_errors
+from edge_runtime.backend.core import LlamaModel, _log_callback, ensure_backend, recent_llama_errors
 from edge_runtime.errors import (
     AudioError,
     GenerationError,
@@ -357,34 +356,3 @@ class MultimodalProjector:
         n = ctypes.c_size_t(0)
         ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
         return [int(ptr[k]) for k in range(n.value)]
-
-    def count_audio_tokens(self, text: str, samples: np.ndarray, sample_rate: int | None = None) -> int:
-        """Positions the prompt (text and audio) will take in the context."""
-        arr = self._check_samples(samples, sample_rate)
-        with _Chunks() as chunks:
-            self._tokenize(chunks, text, self._audio_bitmap(arr), add_special=True)
-            return int(mt.mtmd_helper_get_n_pos(chunks.ptr))
-
-    def eval_prompt_with_audio(self, ctx: LlamaContext, text: str, samples: np.ndarray, *,
-                               sample_rate: int | None = None, n_past: int = 0, add_special: bool = True) -> int:
-        """Evaluate a prompt whose media marker stands for `samples`; returns the new n_past.
-
-        The last position's logits are kept, ready for sampling.
-        """
-        arr = self._check_samples(samples, sample_rate)
-        with _Chunks() as chunks:
-            self._tokenize(chunks, text, self._audio_bitmap(arr), add_special=add_special)
-            n_pos = int(mt.mtmd_helper_get_n_pos(chunks.ptr))
-            if n_past + n_pos > ctx.n_ctx:
-                raise InvalidArgumentError(
-                    f"the audio prompt needs {n_pos} positions from {n_past}, more than the context's {ctx.n_ctx}"
-                )
-            new_n_past = lc.llama_pos(0)
-            recent_llama_errors()
-            status = mt.mtmd_helper_eval_chunks(
-                self.ptr, ctx.ptr, chunks.ptr, n_past, 0, ctx.params.n_batch, True, ctypes.byref(new_n_past)
-            )
-        if status != 0:
-            reasons = "; ".join(recent_llama_errors()) or f"status {status}"
-            raise GenerationError(f"llama.cpp failed to evaluate the audio prompt: {reasons}")
-        return int(new_n_past.value)
