@@ -16,7 +16,7 @@ from edge_runtime.audio.resample import resample
 sf = pytest.importorskip("soundfile")
 pytest.importorskip("faster_whisper")
 
-SAID = "The weather in London is cold and rainy today."
+SAID = "Hello, my name is John and I live in London."
 PEAK = ("import resource, runpy, sys; sys.argv = ['edge-runtime', *sys.argv[1:]]\n"
         "try:\n    runpy.run_module('edge_runtime', run_name='__main__')\n"
         "finally:\n    print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
