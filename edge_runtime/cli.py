@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "edge_runtime.runtime_cli",
     "edge_runtime.conversion.cli",
     "edge_runtime.audio.cli",
+    "edge_runtime.rpc.cli",
 )
 
 

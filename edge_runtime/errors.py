@@ -49,3 +49,7 @@ class ConversionError(EdgeRuntimeError):
 
 class AudioError(EdgeRuntimeError):
     """Audio input or an audio engine cannot be used."""
+
+
+class RpcError(EdgeRuntimeError):
+    """An RPC worker cannot be used: unreachable, another protocol version, a wrong key, or lost mid-run."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 from gguf.constants import LlamaFileType
 
@@ -15,13 +16,16 @@ from edge_runtime.backend.core import LlamaContext, LlamaModel, recent_llama_err
 from edge_runtime.chat_format import ChatFormat
 from edge_runtime.cpu_load import ThreadGovernor
 from edge_runtime.default_model import default_model_path
-from edge_runtime.errors import InvalidModelError, ModelError, UnsupportedModelError
+from edge_runtime.errors import InvalidArgumentError, InvalidModelError, ModelError, UnsupportedModelError
 from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Generator, Stream, aiter_stream
 from edge_runtime.gguf_file import GGUFHeader, read_header
 from edge_runtime.hardware import CpuInfo
 from edge_runtime.media import MediaEncoders, Part, is_media_prompt, plan_prompt
 from edge_runtime.prompt_plan import PromptPlan
 from edge_runtime.settings import ResolvedSettings, RuntimeSettings, resolve
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +97,15 @@ BASE_MODEL_HINT = (
 )
 
 
-def _load_llama(header: GGUFHeader, settings: ResolvedSettings) -> LlamaModel:
+def _load_llama(header: GGUFHeader, settings: ResolvedSettings, cluster=None, vocab_only: bool = False,
+                repack: bool = True) -> LlamaModel:
+    placement: dict = {}
+    if cluster is not None:
+        n_gpu_layers, split = cluster.model_params(int(header.arch_value("block_count", 0)))
+        placement = {"n_gpu_layers": n_gpu_layers, "tensor_split": split}
     try:
-        return LlamaModel.load(header.path, use_mmap=settings.use_mmap, use_mlock=settings.use_mlock)
+        return LlamaModel.load(header.path, use_mmap=settings.use_mmap, use_mlock=settings.use_mlock,
+                               vocab_only=vocab_only, repack=repack, **placement)
     except ModelError as exc:
         text = str(exc)
         if "unknown model architecture" in text:
@@ -116,12 +126,19 @@ class Model:
         *,
         cpu: CpuInfo | None = None,
         mmproj: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        _rpc_cluster=None,
     ) -> None:
         path = Path(path) if path is not None else default_model_path()
         self.media = MediaEncoders()
         self.header = read_header(path)
-        self.settings = resolve(settings or RuntimeSettings(), trained_ctx=self.header.context_length, cpu=cpu)
-        self.llama = _load_llama(self.header, self.settings)
+        settings = settings or RuntimeSettings()
+        self.settings = resolve(settings, trained_ctx=self.header.context_length, cpu=cpu)
+        self.ctx: LlamaContext | None = None
+        self.rpc_split: dict | None = None
+        if settings.rpc and settings.rpc.endpoints:
+            self._load_remote(path, settings, mmproj)
+            return
+        self.llama = _load_llama(self.header, self.settings, _rpc_cluster, repack=settings.repack)
         try:
             self.ctx = LlamaContext(self.llama, self.settings.context_params())
         except BaseException:
@@ -138,6 +155,27 @@ class Model:
         except BaseException:
             self.close()
             raise
+        self.chat_format = ChatFormat.for_model(self.info.architecture, self.llama.chat_template(), self.llama)
+
+    def _load_remote(self, path: Path, settings: RuntimeSettings, mmproj) -> None:
+        """Weights on RPC workers, run by a child process (rpc/remote.py); the vocabulary stays here."""
+        from edge_runtime.rpc.remote import RemoteGenerator
+
+        if mmproj:
+            raise InvalidArgumentError("--mmproj cannot be combined with --rpc yet: run media models locally")
+        self.llama = _load_llama(self.header, self.settings, vocab_only=True)
+        try:
+            self.generator = RemoteGenerator(path, settings)
+        except BaseException:
+            self.llama.close()
+            raise
+        loaded = self.generator.loaded
+        self.settings = loaded["settings"]
+        self.rpc_split = loaded["split"]
+        self._n_ctx = loaded["n_ctx"]
+        self.info = dataclasses.replace(ModelInfo.from_header(self.header), n_params=loaded["n_params"],
+                                        n_layer=loaded["n_layer"], n_embd=loaded["n_embd"])
+        self._warned_base = False
         self.chat_format = ChatFormat.for_model(self.info.architecture, self.llama.chat_template(), self.llama)
 
     def warn_if_base(self, use: str = "chat") -> None:
@@ -176,7 +214,10 @@ class Model:
     def close(self) -> None:
         if getattr(self, "media", None) is not None:
             self.media.close()
-        self.ctx.close()
+        if self.ctx is not None:
+            self.ctx.close()
+        else:
+            self.generator.close()
         self.llama.close()
 
     def __enter__(self) -> "Model":
@@ -187,7 +228,7 @@ class Model:
 
     @property
     def n_ctx(self) -> int:
-        return self.ctx.n_ctx
+        return self.ctx.n_ctx if self.ctx is not None else self._n_ctx
 
     # text <-> tokens
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
@@ -229,6 +270,17 @@ class Model:
         """Async iterator of text pieces; cancelling the consumer cancels the generation."""
         async for piece in aiter_stream(self.stream(prompt, settings, **overrides)):
             yield piece
+
+    def logits(self, tokens: Sequence[int]) -> "np.ndarray":
+        """Logits of every position of `tokens` evaluated from an empty cache, [n_tokens, n_vocab]: for
+        checking a placement (RPC workers, threads) against another. The prompt cache is forgotten."""
+        if not isinstance(self.generator, Generator):
+            return self.generator.logits(list(tokens))
+        self.generator.cache.reset()
+        try:
+            return self.ctx.eval_logits(list(tokens))
+        finally:
+            self.generator.cache.reset()
 
     def reset(self) -> None:
         """Forget the cached prompt."""

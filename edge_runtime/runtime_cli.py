@@ -13,6 +13,7 @@ from typing import Iterator
 
 from edge_runtime.errors import InvalidArgumentError
 from edge_runtime.generate import GenerationSettings, Stream
+from edge_runtime.rpc.cli import add_rpc_options, rpc_settings
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     fa.add_argument("--no-flash-attn", dest="flash_attn", action="store_false")
     g.add_argument("--mlock", action="store_true", help="lock the weights in RAM")
     g.add_argument("--no-mmap", action="store_true", help="read the weights instead of memory-mapping them")
+    add_rpc_options(parser)
 
 
 def add_media_options(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +64,7 @@ def runtime_settings(args: argparse.Namespace):
         flash_attn=args.flash_attn,
         use_mlock=args.mlock,
         use_mmap=not args.no_mmap,
+        rpc=rpc_settings(args),
     )
 
 
@@ -226,6 +229,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import dataclasses
 
     from edge_runtime.backend.core import system_info
+    from edge_runtime.backend.rpc import REBUILD_HINT, rpc_available
     from edge_runtime.hardware import detect_cpu
     from edge_runtime.model import load_model
 
@@ -235,9 +239,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         settings = model.settings.as_dict()
         reasons = model.settings.reasons
         chat = model.chat_format.name
+        split = model.rpc_split
     cpu_d = dataclasses.asdict(cpu)
     cpu_d.pop("core_capacities", None)
-    report = {"model": info, "settings": settings, "chat_format": chat, "cpu": cpu_d, "llama_cpp": system_info()}
+    report = {"model": info, "settings": settings, "chat_format": chat, "cpu": cpu_d, "llama_cpp": system_info(),
+              "rpc_available": rpc_available(), "rpc": split}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -258,6 +264,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if cpu.total_memory_mb:
         print(f"  {'memory':18} {cpu.total_memory_mb} MiB")
     print(f"  {'llama.cpp':18} {system_info()}")
+    print(f"  {'rpc':18} {'available' if rpc_available() else 'not in this build (' + REBUILD_HINT + ')'}")
+    if split:
+        print(f"RPC split ({split['reason']})")
+        for w in split["workers"]:
+            print(f"  {w['endpoint']:22} {w['layers']:3} layers  {w['mem_mb']} MiB offered"
+                  f"{'  key checked' if w['auth'] else ''}{'  (stock llama.cpp rpc-server)' if w['kind'] != 'edge-runtime' else ''}")
+        print(f"  {'this CPU':22} {split['local_layers']:3} layers  (output layer: {split['output_layer']})")
     return 0
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_runtime.backend.core import KV_CACHE_TYPES, ContextParams
 from edge_runtime.errors import ContextSizeError, InvalidArgumentError
 from edge_runtime.hardware import CpuInfo, detect_cpu
+
+if TYPE_CHECKING:
+    from edge_runtime.rpc.cluster import RpcSettings
 
 DEFAULT_CTX = 4096
 MIN_CTX = 64
@@ -32,6 +36,11 @@ class RuntimeSettings:
     # Fewer generation threads while other processes keep cores busy (see cpu_load.py).
     # None: on when n_threads is chosen automatically.
     adaptive_threads: bool | None = None
+    # Repack quantized weights for this CPU's faster kernels. RPC workers do not, so a run on workers
+    # matches a local run bit for bit only with repack=False.
+    repack: bool = True
+    # Layers on llama.cpp RPC workers (rpc/): the weights then live in a child process.
+    rpc: "RpcSettings | None" = None
 
     def replace(self, **changes: object) -> "RuntimeSettings":
         return dataclasses.replace(self, **changes)

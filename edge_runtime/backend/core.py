@@ -146,12 +146,21 @@ class LlamaModel(_Handle):
         vocab_only: bool = False,
         use_mmap: bool = True,
         use_mlock: bool = False,
+        n_gpu_layers: int = 0,
+        tensor_split: Sequence[float] | None = None,
+        repack: bool = True,
     ) -> "LlamaModel":
-        """Load a GGUF file. Raises ModelError with llama.cpp's reason on failure."""
+        """Load a GGUF file. Raises ModelError with llama.cpp's reason on failure.
+
+        `n_gpu_layers`/`tensor_split` place layers on registered devices (RPC workers: backend/rpc.py)."""
         ensure_backend()
         path = Path(path)
         params = lc.llama_model_default_params()
-        params.n_gpu_layers = 0
+        params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = repack  # CPU weight repacking (faster kernels, slightly other rounding)
+        if tensor_split is not None:
+            split = (ctypes.c_float * int(lc.llama_max_devices()))(*tensor_split)
+            params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
         params.vocab_only = vocab_only
         if use_mmap and use_mlock:
             params.load_mode = lc.LLAMA_LOAD_MODE_MMAP_MLOCK
