@@ -27,6 +27,10 @@ class UnsupportedModelError(ModelError):
     """A valid GGUF whose architecture or features this runtime cannot run."""
 
 
+class UnsupportedBuildError(EdgeRuntimeError):
+    """The installed llama.cpp was built for instructions this CPU does not have."""
+
+
 class ContextSizeError(EdgeRuntimeError, ValueError):
     """A requested context window the model or the prompt cannot satisfy."""
 

@@ -27,6 +27,18 @@ _ARM_FEATURES = {
 }
 
 
+# The kernel's HWCAP/HWCAP2 bits on arm64 (asm/hwcap.h) -> the /proc/cpuinfo flag names above.
+_ARM_HWCAP = {1: "asimd", 9: "fphp", 10: "asimdhp", 20: "asimddp", 22: "sve"}
+_ARM_HWCAP2 = {1: "sve2", 13: "i8mm", 14: "bf16", 23: "sme"}
+# "CPU part" of ARM Ltd. cores (implementer 0x41).
+_ARM_PARTS = {
+    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
+    "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77",
+    "0xd41": "Cortex-A78", "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd48": "Cortex-X2",
+    "0xd4d": "Cortex-A715", "0xd4e": "Cortex-X3", "0xd80": "Cortex-A520", "0xd81": "Cortex-A720", "0xd82": "Cortex-X4",
+}
+
+
 @dataclass(frozen=True)
 class CpuInfo:
     """The CPU as seen by this process."""
@@ -40,6 +52,7 @@ class CpuInfo:
     features: tuple[str, ...]
     total_memory_mb: int | None = None
     core_capacities: dict[int, int] = field(default_factory=dict)
+    core_types: tuple[str, ...] = ()  # e.g. ("4x Cortex-A55", "4x Cortex-A76"), when the CPU names its parts
 
     @property
     def is_arm(self) -> bool:
@@ -72,6 +85,31 @@ def parse_cpuinfo(text: str) -> tuple[str, set[str], int]:
         elif key == "core id":
             core_id = value
     return model, flags, len(cores)
+
+
+def core_types(text: str) -> tuple[str, ...]:
+    """Cores by type from /proc/cpuinfo's "CPU part" lines (ARM), slowest cluster first as listed."""
+    parts = re.findall(r"^CPU part\s*:\s*(0x[0-9a-fA-F]+)", text, re.M)
+    counts: dict[str, int] = {}
+    for part in parts:
+        name = _ARM_PARTS.get(part.lower(), f"part {part}")
+        counts[name] = counts.get(name, 0) + 1
+    return tuple(f"{n}x {name}" for name, n in counts.items())
+
+
+def arm_hwcap_flags() -> set[str]:
+    """The arm64 features the kernel (or qemu-user) reports to this process, by cpuinfo flag name."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.getauxval.restype = ctypes.c_ulong
+        libc.getauxval.argtypes = [ctypes.c_ulong]
+        hwcap, hwcap2 = libc.getauxval(16), libc.getauxval(26)  # AT_HWCAP, AT_HWCAP2
+    except (OSError, AttributeError):
+        return set()
+    return ({name for bit, name in _ARM_HWCAP.items() if hwcap >> bit & 1}
+            | {name for bit, name in _ARM_HWCAP2.items() if hwcap2 >> bit & 1})
 
 
 def _cpu_list(spec: str) -> list[int]:
@@ -121,6 +159,11 @@ def detect_cpu(cpuinfo_text: str | None = None, sysfs: Path | None = None, machi
             cpuinfo_text = ""
     sysfs = sysfs or Path("/sys/devices/system/cpu")
     model, flags, physical = parse_cpuinfo(cpuinfo_text)
+    is_arm = machine.lower() in ("aarch64", "arm64") or machine.startswith("arm")
+    if own_machine and is_arm and platform.system() == "Linux":
+        if "vendor_id" in cpuinfo_text:  # qemu-user shows the host's x86 cpuinfo
+            model, flags = "ARM CPU (emulated: /proc/cpuinfo describes the host)", set()
+        flags |= arm_hwcap_flags()  # what the kernel says this process may use
 
     if own_machine and hasattr(os, "sched_getaffinity"):
         cpus = sorted(os.sched_getaffinity(0))
@@ -150,7 +193,7 @@ def detect_cpu(cpuinfo_text: str | None = None, sysfs: Path | None = None, machi
     else:
         performance = physical
 
-    names = _ARM_FEATURES if machine.lower() in ("aarch64", "arm64") or machine.startswith("arm") else _X86_FEATURES
+    names = _ARM_FEATURES if is_arm else _X86_FEATURES
     features = tuple(sorted({name for flag, name in names.items() if flag in flags}))
     return CpuInfo(
         machine=machine,
@@ -162,6 +205,7 @@ def detect_cpu(cpuinfo_text: str | None = None, sysfs: Path | None = None, machi
         features=features,
         total_memory_mb=total_memory_mb() if own_machine else None,
         core_capacities=capacities,
+        core_types=core_types(cpuinfo_text) if is_arm else (),
     )
 
 

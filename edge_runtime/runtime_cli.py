@@ -228,7 +228,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from edge_runtime.backend.core import system_info
+    from edge_runtime.backend.core import lib_dir, system_info
+    from edge_runtime.backend.cpu_build import build_features, build_record
     from edge_runtime.backend.rpc import REBUILD_HINT, rpc_available
     from edge_runtime.hardware import detect_cpu
     from edge_runtime.model import load_model
@@ -242,8 +243,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         split = model.rpc_split
     cpu_d = dataclasses.asdict(cpu)
     cpu_d.pop("core_capacities", None)
+    build = {"features": sorted(build_features(system_info())), "march": build_record(lib_dir()).get("march")}
     report = {"model": info, "settings": settings, "chat_format": chat, "cpu": cpu_d, "llama_cpp": system_info(),
-              "rpc_available": rpc_available(), "rpc": split}
+              "llama_cpp_build": build, "rpc_available": rpc_available(), "rpc": split}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -259,8 +261,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("CPU")
     print(f"  {'model':18} {cpu.model} ({cpu.machine})")
     print(f"  {'cores':18} {cpu.physical_cores} physical, {cpu.performance_cores} performance, "
-          f"{cpu.efficiency_cores} efficiency, {cpu.logical_cpus} logical")
+          f"{cpu.efficiency_cores} efficiency, {cpu.logical_cpus} logical"
+          f"{' (' + ' + '.join(cpu.core_types) + ')' if cpu.core_types else ''}")
     print(f"  {'features':18} {', '.join(cpu.features) or 'none detected'}")
+    march = f"-march={build['march']}: " if build["march"] else ""
+    print(f"  {'build needs':18} {march}{', '.join(build['features']) or 'baseline only'}")
     if cpu.total_memory_mb:
         print(f"  {'memory':18} {cpu.total_memory_mb} MiB")
     print(f"  {'llama.cpp':18} {system_info()}")

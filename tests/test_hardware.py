@@ -19,6 +19,15 @@ PHONE_CPUINFO = "".join(
     f"processor\t: {i}\nFeatures\t: fp asimd asimddp i8mm sve sve2 bf16\n\n" for i in range(8)
 )
 
+# A phone-class SoC (Snapdragon 888-like): 4 Cortex-A55, 3 Cortex-A78, 1 Cortex-X1. The kernel lists the
+# features every core has: dotprod, no i8mm (the A55 lacks it).
+SOC_CPUINFO = "".join(
+    f"processor\t: {i}\nBogoMIPS\t: 38.40\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp "
+    f"cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU variant\t: 0x1\n"
+    f"CPU part\t: {'0xd05' if i < 4 else '0xd41' if i < 7 else '0xd44'}\nCPU revision\t: 0\n\n"
+    for i in range(8)
+)
+
 
 def sysfs(tmp_path: Path, capacities: list[int], key: str = "cpu_capacity") -> Path:
     root = tmp_path / "cpu"
@@ -76,3 +85,37 @@ def test_explicit_settings_override_the_machine():
     s = resolve(RuntimeSettings(n_threads=1, n_ctx=1024, n_batch=128, kv_cache_type="q8_0"), trained_ctx=32768, cpu=cpu)
     assert (s.n_threads, s.n_ctx, s.n_batch, s.n_ubatch) == (1, 1024, 128, 128)
     assert s.flash_attn is True and "q8_0" in s.reasons["flash_attn"]
+
+
+def test_core_types_and_features_of_recorded_boards(tmp_path):
+    pi5 = detect_cpu(PI5_CPUINFO, sysfs(tmp_path / "5", [1024] * 4), machine="aarch64")
+    pi4 = detect_cpu(PI4_CPUINFO, sysfs(tmp_path / "4", [1024] * 4), machine="aarch64")
+    phone = detect_cpu(SOC_CPUINFO, sysfs(tmp_path / "p", [325] * 4 + [850] * 3 + [1024]), machine="aarch64")
+    assert pi5.core_types == ("4x Cortex-A76",) and pi4.core_types == ("4x Cortex-A72",)
+    assert phone.core_types == ("4x Cortex-A55", "3x Cortex-A78", "1x Cortex-X1")
+    assert (phone.performance_cores, phone.efficiency_cores) == (4, 4)
+    assert {"NEON", "DOTPROD", "FP16"} <= set(phone.features) and not {"I8MM", "SVE"} & set(phone.features)
+
+
+def test_a_build_for_a_newer_cpu_is_refused_with_the_right_build(tmp_path):
+    import pytest
+
+    from edge_runtime.backend.cpu_build import build_features, check_build
+    from edge_runtime.errors import UnsupportedBuildError
+
+    pi5_build = "CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | DOTPROD = 1 | LLAMAFILE = 1 | REPACK = 1 | "
+    pi4_build = "CPU : NEON = 1 | ARM_FMA = 1 | LLAMAFILE = 1 | REPACK = 1 | "
+    assert build_features(pi5_build) == {"DOTPROD", "FP16"} and build_features(pi4_build) == set()
+    pi4 = detect_cpu(PI4_CPUINFO, sysfs(tmp_path / "4", [1024] * 4), machine="aarch64")
+    pi5 = detect_cpu(PI5_CPUINFO, sysfs(tmp_path / "5", [1024] * 4), machine="aarch64")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "edge-runtime-build.json").write_text('{"march": "armv8.2-a+dotprod+fp16"}')
+    with pytest.raises(UnsupportedBuildError) as err:
+        check_build(pi4, pi5_build, lib)
+    text = str(err.value)
+    assert "built with -march=armv8.2-a+dotprod+fp16" in text and "DOTPROD, FP16" in text
+    assert "-DGGML_CPU_ARM_ARCH=armv8-a " in text and "Raspberry Pi 4" in text
+    check_build(pi5, pi5_build, lib)  # the right board
+    check_build(pi5, pi4_build, lib)  # an older build runs on a newer core
+    check_build(detect_cpu(), "CPU : SSE3 = 1 | AVX2 = 1 |")  # this machine and an x86 baseline build

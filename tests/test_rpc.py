@@ -105,7 +105,7 @@ def _fake_llama_rpc_server(version: tuple[int, int, int]) -> tuple[socket.socket
                 size, = struct.unpack("<Q", conn.recv(8))
                 conn.recv(size)
                 conn.sendall(struct.pack("<Q", 28) + bytes(version) + bytes(25))
-                while (cmd := conn.recv(1)) == b"\x0b":  # GET_DEVICE_MEMORY
+                while conn.recv(1) == b"\x0b":  # GET_DEVICE_MEMORY
                     size, = struct.unpack("<Q", conn.recv(8))
                     conn.recv(size)
                     conn.sendall(struct.pack("<QQQ", 16, 2**30, 2**31))

