@@ -116,7 +116,7 @@ log "board: $BOARD (llama.cpp: $CMAKE_ARGS_FOR_BOARD); MemoryMax $(memory_max); 
 
 if [ "$APT" = 1 ]; then
     log "Debian packages"
-    packages=(python3-venv libportaudio2 libsndfile1)
+    packages=(python3-venv libgomp1 libportaudio2 libsndfile1)  # libgomp1: llama.cpp's OpenMP threads
     [ -z "$WHEEL" ] && packages+=(python3-dev build-essential cmake)
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
