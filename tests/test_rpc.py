@@ -201,3 +201,42 @@ def test_cli_generate_and_info_over_rpc(workers, default_model_path):
     assert report["rpc"]["local_layers"] == 9 and [w["layers"] for w in report["rpc"]["workers"]] == [5, 4]
     bad = run("generate", "x", "--rpc", "nonsense")
     assert bad.returncode == 1 and "is not HOST:PORT" in bad.stderr
+
+
+def test_server_over_rpc_with_the_openai_client_survives_a_lost_worker(default_model_path):
+    import openai
+
+    from edge_runtime.server import OpenAIServer, ServerSettings
+
+    need_rpc()
+    a, b = Worker(), Worker()
+    try:
+        with load_model(default_model_path, n_ctx=512, rpc=RpcSettings((a.endpoint, b.endpoint))) as model, \
+                OpenAIServer(model, ServerSettings(port=0, max_tokens=16)) as server:
+            server.start()
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+            ask = lambda: client.completions.create(model="m", prompt="January, February,", max_tokens=8,  # noqa: E731
+                                                     temperature=0)
+            assert "March" in ask().choices[0].text
+            b.kill()
+            with pytest.raises(openai.InternalServerError) as err:
+                ask()
+            assert err.value.status_code == 503 and f"RPC worker at {b.endpoint} stopped answering" in str(err.value)
+            b = Worker(port=b.port)
+            assert "March" in ask().choices[0].text  # the server lived on and reloaded the model
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_cli_chat_over_rpc(workers):
+    eps = ",".join(w.endpoint for w in workers)
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "chat", "--rpc", eps, "--json", "-n", "6",
+                           "--temperature", "0", "-c", "512"], input="Hello\nHow are you?\n", capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    turns = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(turns) == 2 and all(t["text"] for t in turns)
+    assert turns[1]["metrics"]["reused_tokens"] > 0

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from edge_runtime.errors import AudioError
+from edge_runtime.rpc.cli import add_rpc_options
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -66,8 +67,10 @@ def _segmenter_settings(args: argparse.Namespace):
 
 def _load_text_model(args: argparse.Namespace):
     from edge_runtime.model import load_model
+    from edge_runtime.rpc.cli import rpc_settings
 
-    return load_model(args.text_model, n_threads=args.threads) if args.threads else load_model(args.text_model)
+    overrides = {"n_threads": args.threads} if args.threads else {}
+    return load_model(args.text_model, rpc=rpc_settings(args), **overrides)
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
@@ -286,4 +289,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("--system", help="system prompt")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
+    add_rpc_options(p)
     p.set_defaults(func=cmd_assistant)

@@ -25,8 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edge_runtime.errors import (AudioError, ContextSizeError, EdgeRuntimeError, InvalidArgumentError, ToolCallError,
-                                 UnsupportedModelError)
+from edge_runtime.errors import (AudioError, ContextSizeError, EdgeRuntimeError, InvalidArgumentError, RpcError,
+                                 ToolCallError, UnsupportedModelError)
 from edge_runtime.generate import Stream, aiter_stream
 from edge_runtime.model import Model
 from edge_runtime.server.access_log import AccessLog
@@ -91,6 +91,8 @@ def _error_for(exc: Exception) -> JSONResponse:
         return _json_error(exc.status, str(exc))
     if isinstance(exc, (ToolCallError, InvalidArgumentError, ContextSizeError, UnsupportedModelError, AudioError)):
         return _json_error(400, str(exc))  # the request asks for something this model cannot take
+    if isinstance(exc, RpcError):  # a worker is down: the request may succeed once it is back
+        return _json_error(503, str(exc), "server_error", headers={"Retry-After": "5"})
     if isinstance(exc, EdgeRuntimeError):
         return _json_error(500, str(exc), "server_error")
     log.exception("unexpected error while handling a request")
