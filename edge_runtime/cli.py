@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "edge_runtime.conversion.cli",
     "edge_runtime.audio.cli",
     "edge_runtime.rpc.cli",
+    "edge_runtime.hub.cli",
+    "edge_runtime.package.cli",
 )
 
 

@@ -57,3 +57,7 @@ class AudioError(EdgeRuntimeError):
 
 class RpcError(EdgeRuntimeError):
     """An RPC worker cannot be used: unreachable, another protocol version, a wrong key, or lost mid-run."""
+
+
+class PullError(EdgeRuntimeError):
+    """A model cannot be fetched: not on the Hub, gated, offline, or corrupted in transit."""

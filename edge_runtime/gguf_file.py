@@ -52,6 +52,7 @@ class GGUFHeader:
     tensors: list[TensorInfo] = field(default_factory=list)
     data_offset: int = 0
     file_size: int = 0
+    kv_end: int = 0  # where the metadata ends and the tensor directory begins (bytes from the start)
 
     @property
     def architecture(self) -> str:
@@ -247,6 +248,7 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
         for _ in range(n_kv):
             key = cur.string()
             metadata[key] = cur.value(cur.scalar("<I"))
+        kv_end = cur.pos
         tensors = []
         for _ in range(n_tensors):
             name = cur.string()
@@ -259,7 +261,7 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
             tensors.append(TensorInfo(name, shape, type_name, offset, n_bytes))
         alignment = int(metadata.get("general.alignment", 32))
         data_offset = (cur.pos + alignment - 1) // alignment * alignment
-    header = GGUFHeader(path, version, metadata, tensors, data_offset, file_size)
+    header = GGUFHeader(path, version, metadata, tensors, data_offset, file_size, kv_end)
     check_hparams(header)
     end = max((t.offset + t.n_bytes for t in tensors), default=0) + data_offset
     if end > file_size:

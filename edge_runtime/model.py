@@ -128,6 +128,11 @@ class Model:
         mmproj: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         _rpc_cluster=None,
     ) -> None:
+        if path is not None and not os.path.exists(path):  # a pulled model's name (`edge-runtime pull`)
+            from edge_runtime.hub.store import resolve_model_arg
+
+            found, projectors = resolve_model_arg(path)
+            path, mmproj = found, (mmproj if mmproj else projectors or None)
         path = Path(path) if path is not None else default_model_path()
         self.media = MediaEncoders()
         self.header = read_header(path)

@@ -240,3 +240,29 @@ def test_cli_chat_over_rpc(workers):
     turns = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(turns) == 2 and all(t["text"] for t in turns)
     assert turns[1]["metrics"]["reused_tokens"] > 0
+
+
+def test_a_stream_left_unread_does_not_leak_into_the_next(workers, default_model_path):
+    with load_model(default_model_path, n_ctx=512, rpc=_rpc(workers)) as m:
+        want = m.generate("January, February,", temperature=0, max_tokens=6).text
+        stream = m.stream(PROMPT, temperature=0, max_tokens=100)
+        next(iter(stream))
+        stream.close()  # the caller walks away after one piece
+        assert m.generate("January, February,", temperature=0, max_tokens=6).text == want
+        cancelled = m.stream(PROMPT, temperature=0, max_tokens=100)
+        for i, _ in enumerate(cancelled):
+            if i == 2:
+                cancelled.cancel()
+        assert cancelled.result.finish_reason == "cancelled"
+
+
+def test_worker_cache_keeps_received_weights(tmp_path, default_model_path):
+    need_rpc()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with Worker("--cache", str(cache)) as w:
+        with load_model(default_model_path, n_ctx=256, rpc=RpcSettings((w.endpoint,))) as m:
+            assert m.generate("Hello", temperature=0, max_tokens=2).tokens
+    # llama.cpp stores tensors over 10 MB by content hash, so a client reconnecting sends hashes, not weights
+    stored = [p for p in cache.rglob("*") if p.is_file()]
+    assert stored and max(p.stat().st_size for p in stored) > 10 * 2**20

@@ -7,6 +7,7 @@ are imported inside the command functions, never at import time.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -35,7 +36,12 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 
 def _make_engine(args: argparse.Namespace):
     from edge_runtime.audio.engines import choose_engine, create_engine
+    from edge_runtime.hub.store import find
 
+    pulled = find(args.model) if args.model and not os.path.exists(args.model) else None
+    if pulled is not None:  # a pulled Gemma by name: its GGUF and its audio encoder / projector
+        onnx = [p for p in pulled.projectors if p.endswith(".onnx")]
+        args.model, args.mmproj = pulled.model, args.mmproj or (onnx or pulled.projectors or [None])[0]
     name = args.engine if args.engine != "auto" else choose_engine(args.model)
     options: dict[str, Any] = {}
     if name == "whisper":

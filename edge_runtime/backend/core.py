@@ -194,6 +194,30 @@ class LlamaModel(_Handle):
             raise ModelError(f"llama.cpp could not load {path}: {reasons}")
         return cls(ptr, path)
 
+    @classmethod
+    def load_at(cls, path: str | os.PathLike[str], offset: int) -> "LlamaModel":
+        """Load a GGUF stored at `offset` inside a larger file (an uncompressed archive entry), mapped in place
+        through llama.cpp's FILE* loader, as an app does with an asset's file descriptor."""
+        ensure_backend()
+        libc = ctypes.CDLL(None)
+        libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+        libc.fseek.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        fp = libc.fopen(os.fsencode(path), b"rb")
+        if not fp:
+            raise ModelError(f"cannot open {path}")
+        try:
+            if libc.fseek(fp, offset, 0) != 0:
+                raise ModelError(f"cannot seek to {offset} in {path}")
+            recent_llama_errors()
+            ptr = lc.llama_model_load_from_file_ptr(fp, lc.llama_model_default_params())
+        finally:
+            libc.fclose(fp)  # the mapping, if any, outlives the stream
+        if not ptr:
+            reasons = "; ".join(recent_llama_errors()) or "no reason given"
+            raise ModelError(f"llama.cpp could not load the model at offset {offset} of {path}: {reasons}")
+        return cls(ptr, Path(path))
+
     def _free(self, ptr: lc.llama_model_p) -> None:
         lc.llama_model_free(ptr)
 

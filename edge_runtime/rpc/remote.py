@@ -148,22 +148,39 @@ class RemoteGenerator:
         with self._lock:
             self._ensure()
             self._conn.send(("stream", tokens, settings))
-            sent_cancel = False
-            while True:
-                while not self._conn.poll(0.05):
-                    if stream.cancel_token.cancelled and not sent_cancel:
-                        self._conn.send(("cancel",))
-                        sent_cancel = True
-                    if self._proc.poll() is not None and not self._conn.poll(0):
-                        raise self._lost()
-                kind, value = self._recv()
-                if kind == "piece":
-                    yield value
-                elif kind == "result":
-                    stream.result = value
-                    return
-                elif kind == "error":
-                    raise value
+            sent_cancel = done = False
+            try:
+                while True:
+                    while True:
+                        if stream.cancel_token.cancelled and not sent_cancel:
+                            self._conn.send(("cancel",))
+                            sent_cancel = True
+                        if self._conn.poll(0.05):
+                            break
+                        if self._proc.poll() is not None and not self._conn.poll(0):
+                            done = True
+                            raise self._lost()
+                    kind, value = self._recv()
+                    if kind == "piece":
+                        yield value
+                    elif kind in ("result", "error"):
+                        done = True
+                        if kind == "error":
+                            raise value
+                        stream.result = value
+                        return
+            finally:
+                if not done and self._conn is not None:  # the caller stopped reading: stop the child, drain
+                    self._drain(sent_cancel)
+
+    def _drain(self, sent_cancel: bool) -> None:
+        try:
+            if not sent_cancel:
+                self._conn.send(("cancel",))
+            while self._conn.recv()[0] not in ("result", "error"):
+                pass
+        except (EOFError, OSError):
+            self._stop()
 
 
 # --- the child --------------------------------------------------------------------------------------------
