@@ -9,10 +9,11 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from edge_runtime.errors import InvalidArgumentError
-from edge_runtime.generate import GenerationSettings, Stream
+if TYPE_CHECKING:
+    from edge_runtime.generate import GenerationSettings, Stream
 from edge_runtime.rpc.cli import add_rpc_options, rpc_settings
 
 
@@ -70,6 +71,8 @@ def runtime_settings(args: argparse.Namespace):
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """Sampling options -> settings, with errors that name the options (not the library's fields)."""
+    from edge_runtime.generate import GenerationSettings
+
     if args.max_tokens < 1:
         raise InvalidArgumentError(f"--max-tokens must be at least 1, not {args.max_tokens}")
     settings = GenerationSettings(

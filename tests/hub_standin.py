@@ -1,6 +1,7 @@
 """A local stand-in for the Hugging Face Hub on 127.0.0.1, behaving as the real Hub does for what `pull` uses.
 
-- `GET /api/models/{repo}[/revision/{rev}]?blobs=true`: model info with siblings (size, LFS sha256).
+- `GET /api/models/{repo}[/revision/{rev}]?blobs=true`: model info with siblings (size, LFS sha256);
+  `GET /api/models/{repo}/tree/{rev}`: the file list snapshot_download reads.
 - `HEAD|GET /{repo}/resolve/{rev}/{file}`: for LFS files a 302 to the CDN (another host: another port here)
   with `X-Repo-Commit`, `X-Linked-Etag` (the sha256) and `X-Linked-Size`; small files served directly with
   `ETag` (their git blob id).
@@ -45,12 +46,25 @@ class HubState:
         return repo
 
 
+_HASH_CACHE: dict[tuple[str, int], tuple[bytes, str]] = {}
+
+
+def _cached(kind: str, data: bytes, compute) -> str:
+    """A served file's hash, computed once (the real Hub stores them; hashing per request would make the
+    stand-in, not the client, the bottleneck)."""
+    hit = _HASH_CACHE.get((kind, id(data)))
+    if hit is None or hit[0] is not data:
+        hit = (data, compute(data))
+        _HASH_CACHE[(kind, id(data))] = hit
+    return hit[1]
+
+
 def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return _cached("sha256", data, lambda d: hashlib.sha256(d).hexdigest())
 
 
 def _git_oid(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return _cached("git", data, lambda d: hashlib.sha1(b"blob %d\0" % len(d) + d).hexdigest())
 
 
 class _Base(http.server.BaseHTTPRequestHandler):
@@ -107,6 +121,19 @@ class _HubHandler(_Base):
             body = json.dumps({"id": m.group(1), "modelId": m.group(1), "sha": repo.commit, "siblings": siblings,
                                "gated": "manual" if repo.gated else False, "private": False}).encode()
             self._send(200, body, {"Content-Type": "application/json"}, head)
+            return
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/.*)?", path)
+        if m:  # list_repo_tree (snapshot_download): one page, every file
+            repo = self._repo(m.group(1))
+            if repo is None:
+                return
+            items = []
+            for name, data in repo.files.items():
+                item: dict = {"type": "file", "path": name, "size": len(data), "oid": _git_oid(data)}
+                if len(data) >= repo.lfs_min:
+                    item["lfs"] = {"oid": _sha(data), "size": len(data), "pointerSize": 134}
+                items.append(item)
+            self._send(200, json.dumps(items).encode(), {"Content-Type": "application/json"}, head)
             return
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if m:

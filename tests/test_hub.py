@@ -56,7 +56,6 @@ def test_pull_by_repo_and_quant_then_run_by_name_list_show_rm(env, default_model
     # huggingface-hub's own cache layout: snapshots/<commit>/<file> -> blobs/<sha256>
     assert path.parts[-3] == "snapshots" and path.is_symlink() and path.resolve().parent.name == "blobs"
     assert path.read_bytes() == default_model_path.read_bytes()
-    from huggingface_hub import try_to_load_from_cache  # noqa: F401  (its cache API sees the file too)
 
     seen = subprocess.run([sys.executable, "-c", f"from huggingface_hub import try_to_load_from_cache as t; "
                                                  f"print(t('{REPO}', '{FILE}'))"], capture_output=True, text=True,
@@ -197,3 +196,25 @@ def test_recommend_cli(env):
     assert json.loads(out.stdout)[0]["id"] == "gemma-3-1b-it"
     text = cli(env, "recommend", "--ram", "2G")
     assert "edge-runtime pull gemma-3-1b-it:Q8_0" in text.stdout
+
+
+def test_pull_convert_fetches_a_checkpoint_and_converts_it(env, hub, tmp_path, tmp_path_factory):
+    from convert_support import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path_factory, "gemma3")
+    hub.state.add("test/tiny-gemma-3-it", {p.name: p for p in ckpt.iterdir() if p.is_file() and not p.name.startswith(".")})
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"format": 2, "models": [{
+        "id": "tiny-gemma-3-it", "family": "gemma3", "kind": "instruct", "params_m": 1, "modalities": ["text"],
+        "checkpoint": "test/tiny-gemma-3-it", "context_length": 1024, "convert_only": True,
+        "recommended_quant": "Q8_0", "kv": {"n_layer": 4, "n_head_kv": 1, "head_dim": 32}}]}))
+    env = {**env, "EDGE_RUNTIME_CATALOG": str(catalog)}
+    refused = cli(env, "pull", "tiny-gemma-3-it")
+    assert refused.returncode == 1 and "--convert" in refused.stderr
+    out = cli(env, "pull", "tiny-gemma-3-it", "--convert", "--json")
+    assert out.returncode == 0, out.stderr
+    pulled = json.loads(out.stdout)
+    assert pulled["quant"] == "Q8_0" and Path(pulled["model"]).exists()
+    gen = cli(env, "generate", "Hello", "-n", "3", "--temperature", "0", "--model", "tiny-gemma-3-it", "--json")
+    assert gen.returncode == 0 and len(json.loads(gen.stdout)["tokens"]) == 3, gen.stderr
+    assert cli(env, "rm", "tiny-gemma-3-it").returncode == 0 and not Path(pulled["model"]).exists()

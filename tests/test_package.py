@@ -63,7 +63,9 @@ def test_android_archive_is_stored_aligned_and_loads_in_place(tmp_path, default_
     out = tmp_path / "android"
     manifest = package(default_model_path, out, BundleSettings("android", zip=True, progress=False))
     assert len(manifest["files"]) == 1  # 241 MB fits one 1.5 GB pack file
-    assert "noCompress" in (out / "build.gradle").read_text()
+    gradle = (out / "build.gradle").read_text()
+    assert "noCompress" in gradle and "packName = \"android\"" in gradle
+    assert manifest["first_shard"].startswith("src/main/assets/models/")
     archive = out.with_name("android.zip")
     with zipfile.ZipFile(archive) as z:
         entry = z.getinfo(manifest["first_shard"])

@@ -83,6 +83,7 @@ def quantize_model(
     n_threads: int = 2,
     imatrix: dict[str, np.ndarray] | None = None,
     max_buf_mib: int = 128,
+    allow_requantize: bool = False,
 ) -> None:
     """Quantize a GGUF file (F32/F16/BF16 weights) to `ftype` (a llama_ftype value) with llama.cpp's type plan.
 
@@ -98,7 +99,8 @@ def quantize_model(
             np.savez(path, **{f"t{i}": v for i, v in enumerate(imatrix.values())},
                      names=np.array(list(imatrix), dtype=object))
             args.append(path)
-        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env = {**os.environ, "EDGE_RUNTIME_ALLOW_REQUANTIZE": "1" if allow_requantize else "0"}
+        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         try:
             _, err = child.communicate()
         except BaseException:  # KeyboardInterrupt, or Terminated from the CLI's SIGTERM handler
@@ -138,6 +140,7 @@ def _quantize_here(src: str, dst: str, ftype: int, n_threads: int,
     params = lc.llama_model_quantize_default_params()
     params.nthread = n_threads
     params.ftype = ftype
+    params.allow_requantize = os.environ.get("EDGE_RUNTIME_ALLOW_REQUANTIZE") == "1"
     # rows of one tensor held as f32 at a time (llama.cpp's default is 8 GiB, i.e. whole tensors)
     params.max_buf_size = max_buf_mib << 20
     keep: list[object] = []  # the C side only borrows these buffers

@@ -7,7 +7,20 @@ back into a Hugging Face checkpoint folder.
 
 from __future__ import annotations
 
-from edge_runtime.conversion.convert import ConversionResult, convert_checkpoint
-from edge_runtime.conversion.unpack import unpack_gguf
+import importlib
+from typing import TYPE_CHECKING
+
+_LAZY = {"ConversionResult": "convert", "convert_checkpoint": "convert", "unpack_gguf": "unpack"}
+
+if TYPE_CHECKING:
+    from edge_runtime.conversion.convert import ConversionResult, convert_checkpoint
+    from edge_runtime.conversion.unpack import unpack_gguf
+
+
+def __getattr__(name: str):  # loaded on first use, so the CLI starts without numpy and gguf
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"edge_runtime.conversion.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'edge_runtime.conversion' has no attribute {name!r}")
+
 
 __all__ = ["ConversionResult", "convert_checkpoint", "unpack_gguf"]

@@ -25,12 +25,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
     aliases = []
     if entry is not None:
         quant = args.name.split(":")[1].upper() if ":" in args.name else None
-        if "gguf" not in entry.data:
-            from edge_runtime.errors import PullError
+        if "gguf" not in entry.data or args.convert:
+            if not args.convert:
+                from edge_runtime.errors import PullError
 
-            raise PullError(f"{entry.id} exists only as a checkpoint ({entry.data['checkpoint']}): convert it with "
-                            f"`edge-runtime convert {entry.data['checkpoint']} -o {entry.id}.gguf --outtype "
-                            f"{entry.data.get('recommended_quant', 'Q4_K_M')}` on a machine that has it")
+                raise PullError(f"{entry.id} exists only as a checkpoint ({entry.data['checkpoint']}): add --convert "
+                                "to fetch it and convert it here (or `edge-runtime convert` it elsewhere)")
+            return _pull_and_convert(entry, (args.quant or quant or entry.data.get("recommended_quant", "Q4_K_M")),
+                                     args)
         request = PullRequest(entry.id, entry.data["gguf"]["repo"], quant)
         aliases = [f"{request.repo_id}:{quant}"] if quant else []
     else:
@@ -50,6 +52,24 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(f"pulled {model.name}: {model.quant}, {model.size / 2**20:.0f} MiB -> {model.model}")
         for p in model.projectors:
             print(f"  projector {p}")
+    return 0
+
+
+def _pull_and_convert(entry, quant: str, args: argparse.Namespace) -> int:
+    """A checkpoint-only catalog model: fetched through huggingface-hub by the converter, converted here."""
+    from edge_runtime.conversion import convert_checkpoint
+    from edge_runtime.hub import store
+    from edge_runtime.hub.pull import PulledModel
+
+    out = store.home() / "models" / f"{entry.id}-{quant}.gguf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    convert_checkpoint(entry.data["checkpoint"], out, quant, progress=not args.json and sys.stderr.isatty())
+    model = PulledModel(entry.id, entry.data["checkpoint"], "main", "", str(out), quant.upper(), out.stat().st_size)
+    store.add(model)
+    if args.json:
+        print(json.dumps(model.as_dict()))
+    else:
+        print(f"converted {entry.data['checkpoint']} -> {entry.id} ({quant}, {model.size / 2**20:.0f} MiB): {out}")
     return 0
 
 
@@ -139,6 +159,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pull", help="download a model by catalog id or REPO_ID[:QUANT] (Hugging Face)")
     p.add_argument("name", help="e.g. gemma-3-1b-it, or ggml-org/gemma-3-1b-it-GGUF:Q4_K_M")
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context to leave room for when picking a quant")
+    p.add_argument("--convert", action="store_true",
+                   help="fetch the catalog model's checkpoint and convert it here (for models without a GGUF)")
+    p.add_argument("--quant", help="with --convert: the type to convert to (default: the catalog's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pull)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_runtime.errors import PullError
 
-CHUNK = 4 << 20
+CHUNK = 10 << 20  # what huggingface-hub reads at a time
 
 
 def http_errors() -> tuple[type[BaseException], ...]:
@@ -41,6 +41,33 @@ class RemoteFile:
     sha256: str | None  # LFS files only
     url: str
     etag: str
+
+
+class _Hasher:
+    """sha256 on a second thread (hashlib releases the GIL), so hashing overlaps the transfer."""
+
+    def __init__(self, digest) -> None:
+        import queue
+        import threading
+
+        self.digest = digest
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self.digest.update(chunk)
+
+    def add(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def __enter__(self) -> "_Hasher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
 
 
 def cache_paths(repo_id: str, f: RemoteFile) -> tuple[Path, Path]:
@@ -120,10 +147,10 @@ def download(f: RemoteFile, *, revision: str, token: str | None, progress: bool 
                     offset, digest = 0, hashlib.sha256()
                     if bar:
                         bar.reset()
-                with partial.open("ab" if offset else "wb") as out:
+                with partial.open("ab" if offset else "wb") as out, _Hasher(digest) as hasher:
                     for chunk in resp.iter_bytes(CHUNK):
                         out.write(chunk)
-                        digest.update(chunk)
+                        hasher.add(chunk)
                         if bar:
                             bar.update(len(chunk))
         except http_errors() as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,8 @@ def package(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], sett
     out_dir = Path(out_dir)
     stem = model.stem
     with staged_folder(out_dir) as stage:
-        files_dir = stage / {"android": "assets/models", "ios": "Models", "pi": "model"}[settings.target]
+        # android: OUTPUT is an asset-pack module (settings.gradle: include ':OUTPUT'), its assets under src/main
+        files_dir = stage / {"android": "src/main/assets/models", "ios": "Models", "pi": "model"}[settings.target]
         files_dir.mkdir(parents=True)
         shards = split_gguf(model, files_dir, stem, max_shard, progress=settings.progress)
         extra = []
@@ -140,7 +142,7 @@ def package(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], sett
             "created_by": "edge-runtime package",
         }
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _target_files(stage, settings.target, manifest, files_dir)
+        _target_files(stage, settings.target, manifest, re.sub(r"\W", "_", out_dir.name))
     if settings.zip:  # DIR.zip beside DIR: stored, page-aligned entries
         members = [(p, p.relative_to(out_dir).as_posix()) for p in sorted(out_dir.rglob("*")) if p.is_file()]
         with atomic_path(out_dir.with_name(out_dir.name + ".zip")) as tmp:
@@ -158,17 +160,18 @@ def _quant(header) -> str:
         return f"type {ft}"
 
 
-def _target_files(stage: Path, target: str, manifest: dict, files_dir: Path) -> None:
+def _target_files(stage: Path, target: str, manifest: dict, pack: str) -> None:
     first = manifest["first_shard"]
     if target == "android":
         (stage / "build.gradle").write_text(
-            "// An install-time asset pack holding the model. In settings.gradle: include ':model_pack'\n"
-            "// In the app's build.gradle:  android { assetPacks = [':model_pack']\n"
+            "// An install-time asset pack holding the model: this folder is the module.\n"
+            f"// In settings.gradle: include ':{pack}'\n"
+            f"// In the app's build.gradle:  android {{ assetPacks = [':{pack}']\n"
             "//     androidResources { noCompress += ['gguf', 'onnx', 'data'] } }\n"
             "// Stored uncompressed, each file can be opened by descriptor (AssetManager.openFd) and memory-mapped\n"
             "// by llama.cpp from its offset (llama_model_load_from_file_ptr), or copied out once.\n"
             "plugins { id 'com.android.asset-pack' }\n"
-            "assetPack {\n    packName = \"model_pack\"\n    dynamicDelivery { deliveryType = \"install-time\" }\n}\n")
+            f"assetPack {{\n    packName = \"{pack}\"\n    dynamicDelivery {{ deliveryType = \"install-time\" }}\n}}\n")
     elif target == "ios":
         tags = {f["path"]: f"model-part-{i + 1}" for i, f in enumerate(manifest["files"])}
         (stage / "ondemand-tags.json").write_text(json.dumps(

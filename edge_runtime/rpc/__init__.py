@@ -2,8 +2,24 @@
 llama.cpp touches them, an authenticated channel, and the weights in a child process so a lost worker
 is an error, not the end of the program."""
 
-from edge_runtime.rpc.cluster import LayerSplit, RpcCluster, RpcSettings
-from edge_runtime.rpc.probe import WorkerInfo, probe
-from edge_runtime.rpc.worker import RpcWorker, WorkerSettings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_LAZY = {"LayerSplit": "cluster", "RpcCluster": "cluster", "RpcSettings": "cluster", "WorkerInfo": "probe",
+         "probe": "probe", "RpcWorker": "worker", "WorkerSettings": "worker"}
+
+if TYPE_CHECKING:
+    from edge_runtime.rpc.cluster import LayerSplit, RpcCluster, RpcSettings
+    from edge_runtime.rpc.probe import WorkerInfo, probe
+    from edge_runtime.rpc.worker import RpcWorker, WorkerSettings
+
+
+def __getattr__(name: str):  # loaded on first use: `import edge_runtime.rpc.cli` stays light
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"edge_runtime.rpc.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'edge_runtime.rpc' has no attribute {name!r}")
+
 
 __all__ = ["LayerSplit", "RpcCluster", "RpcSettings", "RpcWorker", "WorkerInfo", "WorkerSettings", "probe"]
