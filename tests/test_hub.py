@@ -218,3 +218,22 @@ def test_pull_convert_fetches_a_checkpoint_and_converts_it(env, hub, tmp_path, t
     gen = cli(env, "generate", "Hello", "-n", "3", "--temperature", "0", "--model", "tiny-gemma-3-it", "--json")
     assert gen.returncode == 0 and len(json.loads(gen.stdout)["tokens"]) == 3, gen.stderr
     assert cli(env, "rm", "tiny-gemma-3-it").returncode == 0 and not Path(pulled["model"]).exists()
+
+
+def test_catalog_id_pull_and_package_by_name(env, hub, tmp_path):
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"format": 2, "models": [{
+        "id": "gemma-tiny-it", "family": "gemma3", "kind": "instruct", "params_m": 268, "modalities": ["text"],
+        "checkpoint": "google/gemma-3-270m-it", "context_length": 32768, "tasks": ["chat"],
+        "gguf": {"repo": REPO, "quants": {"Q4_K_M": 241}}, "kv": {"n_layer": 18, "n_head_kv": 1, "head_dim": 256}}]}))
+    env = {**env, "EDGE_RUNTIME_CATALOG": str(catalog)}
+    # not pulled yet: package fetches it (the quant that fits a 4 GB phone), then bundles it
+    out = cli(env, "package", "gemma-tiny-it", "--target", "android", "--ram", "4G", "-o", str(tmp_path / "pack"),
+              "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["quantization"] == "Q4_K_M"
+    listed = json.loads(cli(env, "list", "--json").stdout)
+    assert [r["name"] for r in listed] == ["gemma-tiny-it"]
+    assert cli(env, "verify", str(tmp_path / "pack")).returncode == 0
+    again = cli(env, "pull", "gemma-tiny-it", "--json")  # already here: nothing downloaded twice
+    assert again.returncode == 0 and len(hub.state.ranges) == 1

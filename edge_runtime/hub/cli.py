@@ -9,67 +9,17 @@ import sys
 from edge_runtime.errors import ModelNotFoundError
 
 
-def _free_ram_mb() -> int:
-    from edge_runtime.hardware import available_memory_mb, total_memory_mb
-
-    return available_memory_mb() or total_memory_mb() or 2048
-
-
 def cmd_pull(args: argparse.Namespace) -> int:
-    from edge_runtime.hub import store
-    from edge_runtime.hub.catalog import find_entry, load_catalog
-    from edge_runtime.hub.pull import PullRequest, parse_name, pull
+    from edge_runtime.hub.fetch import fetch
 
-    entries = load_catalog()
-    entry = find_entry(entries, args.name.split(":")[0])
-    aliases = []
-    if entry is not None:
-        quant = args.name.split(":")[1].upper() if ":" in args.name else None
-        if "gguf" not in entry.data or args.convert:
-            if not args.convert:
-                from edge_runtime.errors import PullError
-
-                raise PullError(f"{entry.id} exists only as a checkpoint ({entry.data['checkpoint']}): add --convert "
-                                "to fetch it and convert it here (or `edge-runtime convert` it elsewhere)")
-            return _pull_and_convert(entry, (args.quant or quant or entry.data.get("recommended_quant", "Q4_K_M")),
-                                     args)
-        request = PullRequest(entry.id, entry.data["gguf"]["repo"], quant)
-        aliases = [f"{request.repo_id}:{quant}"] if quant else []
-    else:
-        request = parse_name(args.name)
-    n_ctx = args.ctx
-    ram = _free_ram_mb()
-
-    def fits(size_bytes: int) -> bool:
-        kv_mb = entry.kv_mb(n_ctx) if entry else size_bytes / 2**20 * 0.1
-        return size_bytes / 2**20 * 1.05 + kv_mb + 300 <= ram
-
-    model = pull(request, progress=not args.json and sys.stderr.isatty(), fits=fits)
-    store.add(model, *aliases)
+    model = fetch(args.name, n_ctx=args.ctx, convert=args.convert, quant=args.quant,
+                  progress=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(model.as_dict()))
     else:
         print(f"pulled {model.name}: {model.quant}, {model.size / 2**20:.0f} MiB -> {model.model}")
         for p in model.projectors:
             print(f"  projector {p}")
-    return 0
-
-
-def _pull_and_convert(entry, quant: str, args: argparse.Namespace) -> int:
-    """A checkpoint-only catalog model: fetched through huggingface-hub by the converter, converted here."""
-    from edge_runtime.conversion import convert_checkpoint
-    from edge_runtime.hub import store
-    from edge_runtime.hub.pull import PulledModel
-
-    out = store.home() / "models" / f"{entry.id}-{quant}.gguf"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    convert_checkpoint(entry.data["checkpoint"], out, quant, progress=not args.json and sys.stderr.isatty())
-    model = PulledModel(entry.id, entry.data["checkpoint"], "main", "", str(out), quant.upper(), out.stat().st_size)
-    store.add(model)
-    if args.json:
-        print(json.dumps(model.as_dict()))
-    else:
-        print(f"converted {entry.data['checkpoint']} -> {entry.id} ({quant}, {model.size / 2**20:.0f} MiB): {out}")
     return 0
 
 
@@ -135,7 +85,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from edge_runtime.hub.catalog import load_catalog, parse_size_mb, recommend
 
-    ram = parse_size_mb(args.ram) if args.ram else _free_ram_mb()
+    from edge_runtime.hub.fetch import free_ram_mb
+
+    ram = parse_size_mb(args.ram) if args.ram else free_ram_mb()
     choices = recommend(load_catalog(), ram, args.task, args.ctx)
     if args.json:
         print(json.dumps([{"id": c.entry.id, "quant": c.quant, "need_mb": c.need_mb, "why": c.why} for c in choices],

@@ -14,12 +14,22 @@ def _size(text: str) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from edge_runtime.hub.catalog import parse_size_mb
-    from edge_runtime.hub.store import resolve_model_arg
-    from edge_runtime.package.bundle import BundleSettings, package
+    from edge_runtime.hub.catalog import find_entry, load_catalog, parse_size_mb
+    from edge_runtime.hub.store import find, resolve_model_arg
+    from edge_runtime.package.bundle import TARGETS, BundleSettings, budget_mb, package
 
-    path, projectors = resolve_model_arg(args.model)
-    settings = BundleSettings(target=args.target, ram_mb=parse_size_mb(args.ram) if args.ram else None,
+    ram = parse_size_mb(args.ram) if args.ram else None
+    entry = find_entry(load_catalog(), args.model.split(":")[0])
+    if entry is not None and find(args.model) is None and ":" not in args.model:
+        # a catalog model not pulled yet: the best quant that fits the target's RAM class, fetched now
+        from edge_runtime.hub.fetch import fetch
+
+        budget = budget_mb(args.target, ram or TARGETS[args.target][2])
+        pulled = fetch(entry.id, ram_mb=budget, n_ctx=args.ctx or 2048, progress=not args.json)
+        path, projectors = pulled.model, pulled.projectors
+    else:
+        path, projectors = resolve_model_arg(args.model)
+    settings = BundleSettings(target=args.target, ram_mb=ram,
                               max_shard=_size(args.max_shard) if args.max_shard else None, n_ctx=args.ctx,
                               zip=args.zip, progress=not args.json and sys.stderr.isatty())
     manifest = package(path, args.output, settings, projectors=list(args.mmproj or projectors))
