@@ -66,6 +66,13 @@ def test_pull_by_repo_and_quant_then_run_by_name_list_show_rm(env, default_model
     gen = cli(env, "generate", "January, February,", "-n", "4", "--temperature", "0", "--model", f"{REPO}:Q4_K_M",
               "--json")
     assert gen.returncode == 0 and "March" in json.loads(gen.stdout)["text"], gen.stderr
+    # transcribe resolves the name to the GGUF too (a text-only Gemma: the Gemma engine asks for an audio encoder)
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(Path(env["HF_HOME"]) / "a.wav", np.zeros(16000, np.float32), 16000)
+    tr = cli(env, "transcribe", str(Path(env["HF_HOME"]) / "a.wav"), "--model", f"{REPO}:Q4_K_M")
+    assert tr.returncode == 1 and "the gemma engine needs" in tr.stderr and "Traceback" not in tr.stderr
     show = json.loads(cli(env, "show", f"{REPO}:Q4_K_M", "--json").stdout)
     assert show["model"]["architecture"] == "gemma3" and show["recommended"]["n_ctx"] > 0
     # offline after the pull: nothing reaches the network, the model still runs
