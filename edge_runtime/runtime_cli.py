@@ -317,6 +317,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--max-tokens", type=int, default=512, help="default and upper bound of max_tokens")
     add_media_options(p)
     p.add_argument("--media-dir", metavar="DIR", help="let image_url name files inside DIR (default: data URLs only)")
+    p.add_argument("--asr", default="auto", choices=["auto", "whisper", "gemma", "off"],
+                   help="engine of /v1/audio/transcriptions and /translations (default auto: Whisper when "
+                        "faster-whisper is installed, else Gemma when --mmproj gives it ears)")
+    p.add_argument("--asr-model", metavar="NAME", help="the Whisper model (name or folder; default tiny.en/auto)")
     add_model_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -345,7 +349,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"--media-dir {args.media_dir} is not a folder")
     settings = ServerSettings(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
                               model_id=args.model_id, max_tokens=args.max_tokens, max_queue=args.max_queue,
-                              cors_origins=tuple(args.cors_origin), media_dir=media_dir)
+                              cors_origins=tuple(args.cors_origin), media_dir=media_dir, asr=args.asr,
+                              asr_model=args.asr_model, asr_mmproj=_audio_projector(args.mmproj))
     with load_model(args.model, runtime_settings(args), mmproj=args.mmproj) as model, \
             OpenAIServer(model, settings) as server:
         print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",
@@ -356,6 +361,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _audio_projector(mmproj: list[str]) -> str | None:
+    """The --mmproj file that gives the model ears: an ONNX encoder, or a GGUF projector with audio."""
+    for path in mmproj:
+        if path.lower().endswith(".onnx"):
+            return path
+    from edge_runtime.backend.mtmd import inspect_projector
+
+    return next((p for p in mmproj if inspect_projector(p).has_audio), None)
 
 
 def _merge_model(args: argparse.Namespace) -> argparse.Namespace:

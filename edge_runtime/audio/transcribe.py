@@ -72,12 +72,20 @@ class TranscriptionResult:
         return "\n".join(blocks)
 
 
-def _srt_time(t: float) -> str:
+    def to_vtt(self) -> str:
+        blocks = ["WEBVTT\n"]
+        for s in self.segments:
+            text = s.text if s.translation is None else f"{s.text}\n{s.translation}"
+            blocks.append(f"{_srt_time(s.start, '.')} --> {_srt_time(s.end, '.')}\n{text}\n")
+        return "\n".join(blocks)
+
+
+def _srt_time(t: float, sep: str = ",") -> str:
     ms = int(round(max(0.0, t) * 1000))
     h, ms = divmod(ms, 3_600_000)
     m, ms = divmod(ms, 60_000)
     s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
 @dataclass(frozen=True)

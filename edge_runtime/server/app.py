@@ -27,12 +27,14 @@ from starlette.types import Receive, Scope, Send
 
 from edge_runtime.errors import (AudioError, ContextSizeError, EdgeRuntimeError, InvalidArgumentError, RpcError,
                                  ToolCallError, UnsupportedModelError)
+from edge_runtime.audio.service import SpeechService
 from edge_runtime.generate import Stream, aiter_stream
 from edge_runtime.model import Model
 from edge_runtime.server.access_log import AccessLog
 from edge_runtime.server.auth import authorized
 from edge_runtime.server.requests import ChatJob, CompletionJob, RequestError, parse_chat, parse_completion, parse_json_body
 from edge_runtime.server.responses import CHAT, COMPLETION, ResponseBuilder, error_body, sse
+from edge_runtime.server.speech import speech_endpoint
 
 log = logging.getLogger("edge_runtime.server")
 
@@ -54,6 +56,9 @@ class ServerSettings:
     max_queue: int = 64  # generation requests waiting for the model; more get 429 with Retry-After
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (none: CORS off)
     media_dir: Path | None = None  # image_url may name files inside it (otherwise data URLs only)
+    asr: str = "auto"  # speech engine of /v1/audio/*: auto, whisper, gemma or off
+    asr_model: str | None = None  # a Whisper name or folder (whisper), a GGUF (gemma; default: the served model)
+    asr_mmproj: str | None = None  # the Gemma engine's audio encoder / projector
 
 
 @dataclass
@@ -67,6 +72,7 @@ class ServerState:
     waiting: int = 0  # requests queued for the gate
     closed: bool = False  # no generation starts once the model may be freed
     _gate: asyncio.Lock | None = None
+    speech: SpeechService | None = None  # /v1/audio/*: its engine loaded on first use
 
     @property
     def gate(self) -> asyncio.Lock:
@@ -279,6 +285,8 @@ def build_app(state: ServerState) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/completions", generation(COMPLETION, parse_completion), methods=["POST"]),
         Route("/v1/chat/completions", generation(CHAT, parse_chat), methods=["POST"]),
+        Route("/v1/audio/transcriptions", speech_endpoint(state, "transcribe", require_key), methods=["POST"]),
+        Route("/v1/audio/translations", speech_endpoint(state, "translate", require_key), methods=["POST"]),
     ]
     handlers = {RequestError: on_request_error, HTTPException: on_http_error, ClientDisconnect: on_disconnect,
                 Exception: on_unexpected}

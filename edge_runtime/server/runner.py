@@ -21,6 +21,7 @@ from pathlib import Path
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from edge_runtime.audio.service import SpeechService
 from edge_runtime.errors import InvalidArgumentError
 from edge_runtime.model import Model
 from edge_runtime.server.app import ServerSettings, ServerState, build_app
@@ -123,6 +124,25 @@ def bind(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def speech_service(settings: ServerSettings, model: Model) -> SpeechService | None:
+    """The engine behind /v1/audio/*: Whisper (faster-whisper), or Gemma hearing through its audio encoder."""
+    from edge_runtime.audio.engines import available_engines
+
+    asr = settings.asr
+    if asr not in ("auto", "whisper", "gemma", "off"):
+        raise InvalidArgumentError(f"--asr must be auto, whisper, gemma or off, not {asr!r}")
+    if asr == "auto":
+        asr = "whisper" if "whisper" in available_engines() else "gemma" if settings.asr_mmproj else "off"
+    if asr == "off":
+        return None
+    if asr == "gemma":
+        if not settings.asr_mmproj:
+            raise InvalidArgumentError("--asr gemma needs the model's audio encoder: --mmproj audio.onnx (Gemma 3n) "
+                                       "or its audio projector GGUF (Gemma 4)")
+        return SpeechService("gemma", settings.asr_model or model.info.path, mmproj=settings.asr_mmproj)
+    return SpeechService("whisper", settings.asr_model)
+
+
 class OpenAIServer:
     """`with OpenAIServer(model, settings) as server: server.serve_forever()` (or `start()` in a thread)."""
 
@@ -130,7 +150,7 @@ class OpenAIServer:
         self.settings = settings or ServerSettings()
         self.model = model
         self.model_id = self.settings.model_id or Path(model.info.path).stem
-        self.state = ServerState(model, self.settings, self.model_id)
+        self.state = ServerState(model, self.settings, self.model_id, speech=speech_service(self.settings, model))
         self.socket = bind(self.settings.host, self.settings.port, self.settings.backlog)
         if not self.settings.api_key and not _loopback(self.socket.getsockname()[0]):
             log.warning("listening on %s without an API key: anyone who can reach this address can use the model; "
@@ -176,6 +196,8 @@ class OpenAIServer:
             self._thread.join()
             self._thread = None
         self.socket.close()
+        if self.state.speech is not None:
+            self.state.speech.close()
 
     def __enter__(self) -> "OpenAIServer":
         return self
