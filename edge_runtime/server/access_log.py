@@ -26,8 +26,9 @@ def key_id(authorization: bytes | None) -> str:
 class AccessLog:
     """ASGI middleware logging `method path status in=N out=N ms=N content=ID key=ID` per request."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, on_done: Any = None) -> None:
         self.app = app
+        self.on_done = on_done  # (method, path, status, seconds): the metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,6 +59,8 @@ class AccessLog:
         finally:
             headers = dict(scope.get("headers") or [])
             content = digest.hexdigest()[:12] if sizes["in"] else "-"
+            if self.on_done is not None:
+                self.on_done(scope["method"], scope["path"], status[0], time.perf_counter() - started)
             log.info("%s %s %d in=%d out=%d ms=%.0f content=%s key=%s", scope["method"], scope["path"],
                      status[0], sizes["in"], sizes["out"], (time.perf_counter() - started) * 1000, content,
                      key_id(headers.get(b"authorization")))

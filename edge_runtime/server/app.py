@@ -34,6 +34,7 @@ from edge_runtime.server.access_log import AccessLog
 from edge_runtime.server.auth import authorized
 from edge_runtime.server.requests import ChatJob, CompletionJob, RequestError, parse_chat, parse_completion, parse_json_body
 from edge_runtime.server.responses import CHAT, COMPLETION, ResponseBuilder, error_body, sse
+from edge_runtime.server.metrics import ServerMetrics
 from edge_runtime.server.speech import speech_endpoint
 
 log = logging.getLogger("edge_runtime.server")
@@ -73,6 +74,7 @@ class ServerState:
     closed: bool = False  # no generation starts once the model may be freed
     _gate: asyncio.Lock | None = None
     speech: SpeechService | None = None  # /v1/audio/*: its engine loaded on first use
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     @property
     def gate(self) -> asyncio.Lock:
@@ -181,6 +183,8 @@ class GenerationResponse(Response):
             watcher.cancel()
             state.active.discard(stream)
             stream.cancel()
+            if stream.result is not None:
+                state.metrics.observe_generation(stream.result.metrics)
             if gone.is_set() and stream.result is not None:
                 log.info("client went away: generation cancelled after %d tokens",
                          stream.result.metrics.generated_tokens)
@@ -244,6 +248,13 @@ def build_app(state: ServerState) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": state.model_id})
 
+    async def metrics(request: Request) -> Response:
+        require_key(request)
+        cache = getattr(state.model.generator, "cache", None)
+        text = state.metrics.render(queue=state.waiting, busy=len(state.active),
+                                    kv_cells=len(getattr(cache, "tokens", ()) or ()), kv_size=state.model.n_ctx)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     async def models(request: Request) -> Response:
         require_key(request)
         return JSONResponse({"object": "list", "data": [
@@ -283,6 +294,7 @@ def build_app(state: ServerState) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/completions", generation(COMPLETION, parse_completion), methods=["POST"]),
         Route("/v1/chat/completions", generation(CHAT, parse_chat), methods=["POST"]),
         Route("/v1/audio/transcriptions", speech_endpoint(state, "transcribe", require_key), methods=["POST"]),
@@ -290,7 +302,8 @@ def build_app(state: ServerState) -> Starlette:
     ]
     handlers = {RequestError: on_request_error, HTTPException: on_http_error, ClientDisconnect: on_disconnect,
                 Exception: on_unexpected}
-    middleware = [Middleware(AccessLog), Middleware(HeaderLimit, limit=settings.max_header_bytes)]
+    middleware = [Middleware(AccessLog, on_done=state.metrics.observe_request),
+                  Middleware(HeaderLimit, limit=settings.max_header_bytes)]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
