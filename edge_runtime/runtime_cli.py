@@ -309,6 +309,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests (visible in ps: prefer "
                                     "--api-key-file or $EDGE_RUNTIME_API_KEY)")
     p.add_argument("--api-key-file", metavar="FILE", help="read the API key from the first line of FILE")
+    p.add_argument("--keys-file", metavar="FILE",
+                   help="several API keys, stored hashed, each with its limits (edge-runtime keys add FILE --id NAME)")
     p.add_argument("--model-id", help="model name reported to clients (default: the GGUF's name)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for the model; more get 429 with Retry-After (default 64)")
@@ -324,6 +326,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.set_defaults(func=cmd_serve)
 
+    p = subparsers.add_parser("keys", help="the server's API keys file: add a key (printed once), list them")
+    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("file", help="the keys file (serve --keys-file)")
+    p.add_argument("--id", default="default", help="the key's name in logs and errors")
+    p.add_argument("--rpm", type=int, default=0, help="requests per minute (0: no limit)")
+    p.add_argument("--tpm", type=int, default=0, help="prompt + generated tokens per minute (0: no limit)")
+    p.add_argument("--concurrent", type=int, default=0, help="requests at once (0: no limit)")
+    p.set_defaults(func=cmd_keys)
+
     p = subparsers.add_parser("info", help="model metadata, chosen settings and CPU features")
     p.add_argument("model_path", nargs="?", metavar="MODEL", help="GGUF file (default: the embedded model)")
     add_model_options(p)
@@ -335,6 +346,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edge_runtime.model import load_model
     try:
         from edge_runtime.server import OpenAIServer, ServerSettings, resolve_api_key
+        from edge_runtime.server.keys import load_keys
     except ModuleNotFoundError as exc:
         raise InvalidArgumentError(f"the server needs {exc.name}: pip install 'edge-runtime[server]'") from None
 
@@ -350,7 +362,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
                               model_id=args.model_id, max_tokens=args.max_tokens, max_queue=args.max_queue,
                               cors_origins=tuple(args.cors_origin), media_dir=media_dir, asr=args.asr,
-                              asr_model=args.asr_model, asr_mmproj=_audio_projector(args.mmproj))
+                              asr_model=args.asr_model, asr_mmproj=_audio_projector(args.mmproj),
+                              keys=load_keys(args.keys_file) if args.keys_file else None)
     with load_model(args.model, runtime_settings(args), mmproj=args.mmproj) as model, \
             OpenAIServer(model, settings) as server:
         print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",
@@ -360,6 +373,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from edge_runtime.server.keys import add_key, load_keys
+
+    if args.action == "add":
+        for name in ("rpm", "tpm", "concurrent"):
+            if getattr(args, name) < 0:
+                raise InvalidArgumentError(f"--{name} must be 0 (no limit) or more")
+        key = add_key(args.file, args.id, rpm=args.rpm, tpm=args.tpm, concurrent=args.concurrent)
+        print(key)
+        print(f"(key {args.id!r} added to {args.file}, which keeps only its sha256: store the key now, it is not "
+              "shown again)", file=sys.stderr)
+        return 0
+    for k in load_keys(args.file).values():
+        print(f"{k.id:20} rpm {k.rpm or '-':>6}  tpm {k.tpm or '-':>8}  concurrent {k.concurrent or '-':>3}")
     return 0
 
 

@@ -34,6 +34,7 @@ from edge_runtime.server.access_log import AccessLog
 from edge_runtime.server.auth import authorized
 from edge_runtime.server.requests import ChatJob, CompletionJob, RequestError, parse_chat, parse_completion, parse_json_body
 from edge_runtime.server.responses import CHAT, COMPLETION, ResponseBuilder, error_body, sse
+from edge_runtime.server.keys import ApiKey, KeyLimits, Refused, key_hash
 from edge_runtime.server.metrics import ServerMetrics
 from edge_runtime.server.speech import speech_endpoint
 
@@ -57,6 +58,7 @@ class ServerSettings:
     max_queue: int = 64  # generation requests waiting for the model; more get 429 with Retry-After
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (none: CORS off)
     media_dir: Path | None = None  # image_url may name files inside it (otherwise data URLs only)
+    keys: dict[str, ApiKey] | None = None  # several keys with limits (keys.py), by sha256; api_key stays unlimited
     asr: str = "auto"  # speech engine of /v1/audio/*: auto, whisper, gemma or off
     asr_model: str | None = None  # a Whisper name or folder (whisper), a GGUF (gemma; default: the served model)
     asr_mmproj: str | None = None  # the Gemma engine's audio encoder / projector
@@ -75,6 +77,7 @@ class ServerState:
     _gate: asyncio.Lock | None = None
     speech: SpeechService | None = None  # /v1/audio/*: its engine loaded on first use
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    limits: KeyLimits = field(default_factory=KeyLimits)
 
     @property
     def gate(self) -> asyncio.Lock:
@@ -133,11 +136,24 @@ async def _read_body(request: Request, settings: ServerSettings) -> bytes:
 class GenerationResponse(Response):
     """Runs a validated job on the model when the gate is free; JSON or server-sent events."""
 
-    def __init__(self, state: ServerState, job: Job, kind: str, streaming: bool) -> None:
-        self.state, self.job, self.kind, self.streaming = state, job, kind, streaming
+    def __init__(self, state: ServerState, job: Job, kind: str, streaming: bool, key: ApiKey | None = None) -> None:
+        self.state, self.job, self.kind, self.streaming, self.key = state, job, kind, streaming, key
         self.background = None
+        self.tokens = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self.state.limits.admit(self.key)
+        except Refused as exc:
+            await _json_error(429, str(exc), "rate_limit_error",
+                              headers={"Retry-After": str(exc.retry_after)})(scope, receive, send)
+            return
+        try:
+            await self._queued(scope, receive, send)
+        finally:
+            self.state.limits.done(self.key, self.tokens)
+
+    async def _queued(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
         if state.waiting >= state.settings.max_queue:
             retry = str(max(1, state.waiting // 2))  # about how long the queue ahead takes, in seconds
@@ -185,6 +201,7 @@ class GenerationResponse(Response):
             stream.cancel()
             if stream.result is not None:
                 state.metrics.observe_generation(stream.result.metrics)
+                self.tokens = stream.result.metrics.prompt_tokens + stream.result.metrics.generated_tokens
             if gone.is_set() and stream.result is not None:
                 log.info("client went away: generation cancelled after %d tokens",
                          stream.result.metrics.generated_tokens)
@@ -241,9 +258,20 @@ class HeaderLimit:
 def build_app(state: ServerState) -> Starlette:
     settings = state.settings
 
-    def require_key(request: Request) -> None:
-        if not authorized(settings.api_key, request.headers.get("authorization")):
+    def require_key(request: Request) -> ApiKey | None:
+        """The request's key with its limits (None: unlimited), or 401."""
+        header = request.headers.get("authorization") or ""
+        if settings.keys:
+            token = header[7:] if header.startswith("Bearer ") else ""
+            found = settings.keys.get(key_hash(token)) if token else None
+            if found is not None:
+                return found
+            if settings.api_key and authorized(settings.api_key, header):
+                return None
             raise RequestError("missing or wrong API key (Authorization: Bearer KEY)", HTTPStatus.UNAUTHORIZED)
+        if not authorized(settings.api_key, header):
+            raise RequestError("missing or wrong API key (Authorization: Bearer KEY)", HTTPStatus.UNAUTHORIZED)
+        return None
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": state.model_id})
@@ -262,20 +290,21 @@ def build_app(state: ServerState) -> Starlette:
 
     def generation(kind: str, parse: Callable[[dict[str, Any], int, Path | None], Job]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
-            require_key(request)
+            key = require_key(request)
             body = parse_json_body(await _read_body(request, settings))
             job = parse(body, settings.max_tokens, settings.media_dir)
             streaming = body.get("stream", False)
             if not isinstance(streaming, bool):
                 raise RequestError(f"stream must be true or false, not {streaming!r}")
-            return GenerationResponse(state, job, kind, streaming)
+            return GenerationResponse(state, job, kind, streaming, key)
 
         return endpoint
 
     async def on_request_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)
-        kind = "authentication_error" if exc.status == HTTPStatus.UNAUTHORIZED else "invalid_request_error"
-        return _json_error(exc.status, str(exc), kind)
+        kind = {HTTPStatus.UNAUTHORIZED: "authentication_error",
+                HTTPStatus.TOO_MANY_REQUESTS: "rate_limit_error"}.get(exc.status, "invalid_request_error")
+        return _json_error(exc.status, str(exc), kind, headers=exc.headers)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

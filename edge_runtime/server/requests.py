@@ -32,9 +32,11 @@ _INTEGER_FIELDS = {"seed": (0, 2**32 - 1), "top_k": (0, 2**31 - 1)}
 class RequestError(InvalidArgumentError):
     """A request the server refuses, with its HTTP status."""
 
-    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 # --------------------------------------------------------------------------- JSON

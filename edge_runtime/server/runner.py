@@ -152,7 +152,7 @@ class OpenAIServer:
         self.model_id = self.settings.model_id or Path(model.info.path).stem
         self.state = ServerState(model, self.settings, self.model_id, speech=speech_service(self.settings, model))
         self.socket = bind(self.settings.host, self.settings.port, self.settings.backlog)
-        if not self.settings.api_key and not _loopback(self.socket.getsockname()[0]):
+        if not self.settings.api_key and not self.settings.keys and not _loopback(self.socket.getsockname()[0]):
             log.warning("listening on %s without an API key: anyone who can reach this address can use the model; "
                         "set --api-key-file FILE or $EDGE_RUNTIME_API_KEY", self.url)
         protocol = type("Protocol", (_Protocol,), {"header_timeout_s": self.settings.request_timeout_s})

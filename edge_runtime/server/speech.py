@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from edge_runtime.audio.transcribe import TranscriptionResult
 from edge_runtime.errors import AudioError, EdgeRuntimeError, InvalidArgumentError
+from edge_runtime.server.keys import Refused
 from edge_runtime.server.requests import RequestError
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -39,7 +40,7 @@ def openai_body(result: TranscriptionResult, fmt: str, task: str, language: str 
 
 def speech_endpoint(state: Any, task: str, require_key) -> Any:
     async def endpoint(request: Request) -> Response:
-        require_key(request)
+        key = require_key(request)
         limit = state.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -67,6 +68,10 @@ def speech_endpoint(state: Any, task: str, require_key) -> Any:
             raise RequestError("this server has no speech engine (start it with --asr whisper|gemma)",
                                HTTPStatus.NOT_FOUND)
         try:
+            state.limits.admit(key)
+        except Refused as exc:
+            raise RequestError(str(exc), exc.status, {"Retry-After": str(exc.retry_after)}) from None
+        try:
             result = await run_in_threadpool(service.transcribe, data, task=task,
                                              language=str(language) if language else None,
                                              suffix=Path(upload.filename or "").suffix)
@@ -74,6 +79,8 @@ def speech_endpoint(state: Any, task: str, require_key) -> Any:
             raise RequestError(str(exc)) from None
         except EdgeRuntimeError as exc:  # the engine cannot run (no Whisper model installed, ...)
             raise RequestError(str(exc), HTTPStatus.SERVICE_UNAVAILABLE) from None
+        finally:
+            state.limits.done(key, 0)
         return openai_body(result, fmt, task, str(language) if language else None)
 
     return endpoint
