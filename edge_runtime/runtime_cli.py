@@ -322,6 +322,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--asr", default="auto", choices=["auto", "whisper", "gemma", "off"],
                    help="engine of /v1/audio/transcriptions and /translations (default auto: Whisper when "
                         "faster-whisper is installed, else Gemma when --mmproj gives it ears)")
+    g = p.add_argument_group("monitoring (GET /metrics, GET /v1/alerts)")
+    g.add_argument("--alert-window", type=float, default=300.0, metavar="S", help="alert window (default 300 s)")
+    g.add_argument("--alert-ttft", type=float, metavar="S", help="alert when the p95 time to first token is above S")
+    g.add_argument("--alert-min-tps", type=float, metavar="N", help="alert when the median tokens/s is below N")
+    g.add_argument("--alert-rss-mb", type=float, metavar="MB", help="alert when the process uses more memory")
+    g.add_argument("--alert-success", type=float, metavar="RATE",
+                   help="alert when fewer requests than RATE (e.g. 0.99) are answered (not 5xx, not 429)")
+    g.add_argument("--metrics-json", metavar="FILE", help="write the metrics and alerts to FILE every 15 s")
     p.add_argument("--asr-model", metavar="NAME", help="the Whisper model (name or folder; default tiny.en/auto)")
     add_model_options(p)
     p.set_defaults(func=cmd_serve)
@@ -346,6 +354,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edge_runtime.model import load_model
     try:
         from edge_runtime.server import OpenAIServer, ServerSettings, resolve_api_key
+        from edge_runtime.server.alerts import AlertRules
         from edge_runtime.server.keys import load_keys
     except ModuleNotFoundError as exc:
         raise InvalidArgumentError(f"the server needs {exc.name}: pip install 'edge-runtime[server]'") from None
@@ -363,7 +372,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               model_id=args.model_id, max_tokens=args.max_tokens, max_queue=args.max_queue,
                               cors_origins=tuple(args.cors_origin), media_dir=media_dir, asr=args.asr,
                               asr_model=args.asr_model, asr_mmproj=_audio_projector(args.mmproj),
-                              keys=load_keys(args.keys_file) if args.keys_file else None)
+                              keys=load_keys(args.keys_file) if args.keys_file else None,
+                              alert_rules=AlertRules(args.alert_window, args.alert_ttft, args.alert_min_tps,
+                                                     args.alert_rss_mb, args.alert_success),
+                              metrics_json=args.metrics_json)
     with load_model(args.model, runtime_settings(args), mmproj=args.mmproj) as model, \
             OpenAIServer(model, settings) as server:
         print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",

@@ -63,3 +63,36 @@ def test_metrics_need_the_key(served):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(served.url + "/metrics", timeout=30)
     assert err.value.code == 401
+
+
+def test_alerts_fire_log_and_export(default_model_path, tmp_path, caplog):
+    import json
+    import logging
+    import time
+
+    from edge_runtime.server.alerts import AlertRules
+    from edge_runtime.server.keys import add_key, load_keys
+
+    keys = tmp_path / "keys.json"
+    one = add_key(keys, "one", rpm=1)
+    rules = AlertRules(window_s=60, max_ttft_s=60.0, max_rss_mb=1.0, min_success=0.9)
+    export = tmp_path / "metrics.json"
+    caplog.set_level(logging.WARNING, logger="edge_runtime.server.alerts")
+    with load_model(default_model_path, n_ctx=256) as model, \
+            OpenAIServer(model, ServerSettings(port=0, keys=load_keys(keys), asr="off", alert_rules=rules,
+                                               alert_interval_s=0.2, metrics_json=str(export))) as server:
+        server.start()
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key=one, max_retries=0, timeout=120)
+        c.completions.create(model="m", prompt="Hi", max_tokens=4, temperature=0)
+        with pytest.raises(openai.RateLimitError):  # a refused request counts against the success rate
+            c.completions.create(model="m", prompt="Hi", max_tokens=4, temperature=0)
+        req = urllib.request.Request(server.url + "/v1/alerts", headers={"Authorization": f"Bearer {one}"})
+        alerts = {a["name"]: a for a in json.loads(urllib.request.urlopen(req, timeout=30).read())["alerts"]}
+        assert alerts["success_rate"]["firing"] and alerts["success_rate"]["value"] == 0.5
+        assert alerts["resident_memory_mb"]["firing"] and not alerts["ttft_p95_seconds"]["firing"]
+        deadline = time.monotonic() + 10
+        while not export.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        snapshot = json.loads(export.read_text())
+    assert snapshot["metrics"]["generated_tokens"] == 4 and {a["name"] for a in snapshot["alerts"]} == set(alerts)
+    assert any("alert firing: success_rate" in r.message for r in caplog.records)

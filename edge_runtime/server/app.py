@@ -34,6 +34,7 @@ from edge_runtime.server.access_log import AccessLog
 from edge_runtime.server.auth import authorized
 from edge_runtime.server.requests import ChatJob, CompletionJob, RequestError, parse_chat, parse_completion, parse_json_body
 from edge_runtime.server.responses import CHAT, COMPLETION, ResponseBuilder, error_body, sse
+from edge_runtime.server.alerts import AlertRules, Alerts
 from edge_runtime.server.keys import ApiKey, KeyLimits, Refused, key_hash
 from edge_runtime.server.metrics import ServerMetrics
 from edge_runtime.server.speech import speech_endpoint
@@ -59,6 +60,9 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (none: CORS off)
     media_dir: Path | None = None  # image_url may name files inside it (otherwise data URLs only)
     keys: dict[str, ApiKey] | None = None  # several keys with limits (keys.py), by sha256; api_key stays unlimited
+    alert_rules: AlertRules = field(default_factory=AlertRules)
+    alert_interval_s: float = 15.0  # how often alerts are evaluated (and logged) without a request
+    metrics_json: str | None = None  # a file the metrics and alerts are written to every alert_interval_s
     asr: str = "auto"  # speech engine of /v1/audio/*: auto, whisper, gemma or off
     asr_model: str | None = None  # a Whisper name or folder (whisper), a GGUF (gemma; default: the served model)
     asr_mmproj: str | None = None  # the Gemma engine's audio encoder / projector
@@ -78,6 +82,7 @@ class ServerState:
     speech: SpeechService | None = None  # /v1/audio/*: its engine loaded on first use
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     limits: KeyLimits = field(default_factory=KeyLimits)
+    alerts: Alerts | None = None
 
     @property
     def gate(self) -> asyncio.Lock:
@@ -201,6 +206,8 @@ class GenerationResponse(Response):
             stream.cancel()
             if stream.result is not None:
                 state.metrics.observe_generation(stream.result.metrics)
+                if state.alerts is not None:
+                    state.alerts.observe_generation(stream.result.metrics.ttft_s, stream.result.metrics.gen_tps)
                 self.tokens = stream.result.metrics.prompt_tokens + stream.result.metrics.generated_tokens
             if gone.is_set() and stream.result is not None:
                 log.info("client went away: generation cancelled after %d tokens",
@@ -283,6 +290,15 @@ def build_app(state: ServerState) -> Starlette:
                                     kv_cells=len(getattr(cache, "tokens", ()) or ()), kv_size=state.model.n_ctx)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    async def alerts(request: Request) -> Response:
+        require_key(request)
+        return JSONResponse({"alerts": state.alerts.evaluate() if state.alerts is not None else []})
+
+    def on_done(method: str, path: str, status: int, seconds: float) -> None:
+        state.metrics.observe_request(method, path, status, seconds)
+        if state.alerts is not None and path.startswith("/v1/") and path != "/v1/alerts":
+            state.alerts.observe_request(status)
+
     async def models(request: Request) -> Response:
         require_key(request)
         return JSONResponse({"object": "list", "data": [
@@ -324,6 +340,7 @@ def build_app(state: ServerState) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/alerts", alerts, methods=["GET"]),
         Route("/v1/completions", generation(COMPLETION, parse_completion), methods=["POST"]),
         Route("/v1/chat/completions", generation(CHAT, parse_chat), methods=["POST"]),
         Route("/v1/audio/transcriptions", speech_endpoint(state, "transcribe", require_key), methods=["POST"]),
@@ -331,7 +348,7 @@ def build_app(state: ServerState) -> Starlette:
     ]
     handlers = {RequestError: on_request_error, HTTPException: on_http_error, ClientDisconnect: on_disconnect,
                 Exception: on_unexpected}
-    middleware = [Middleware(AccessLog, on_done=state.metrics.observe_request),
+    middleware = [Middleware(AccessLog, on_done=on_done),
                   Middleware(HeaderLimit, limit=settings.max_header_bytes)]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),

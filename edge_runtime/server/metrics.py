@@ -86,6 +86,19 @@ class ServerMetrics:
             self.prompt_tokens += metrics.prompt_tokens
             self.generated_tokens += metrics.generated_tokens
 
+    def snapshot(self) -> dict:
+        """The counters and histograms as JSON-ready numbers (`serve --metrics-json`)."""
+        with self._lock:
+            return {"requests": [{"method": m, "route": r, "status": int(st), "count": n}
+                                 for (m, r, st), n in sorted(self.requests.items())],
+                    "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+                    "histograms": {name: {"buckets": list(h.buckets), "counts": list(h.counts), "sum": h.total,
+                                          "count": h.n}
+                                   for name, h in (("request_duration_seconds", self.duration),
+                                                   ("time_to_first_token_seconds", self.ttft),
+                                                   ("generation_tokens_per_second", self.tps))},
+                    "process_resident_memory_bytes": rss_bytes()}
+
     def render(self, *, queue: int, busy: int, kv_cells: int, kv_size: int) -> str:
         p = PREFIX
         lines = [f"# HELP {p}requests_total HTTP requests by method, route and status.",

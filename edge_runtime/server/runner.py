@@ -24,6 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from edge_runtime.audio.service import SpeechService
 from edge_runtime.errors import InvalidArgumentError
 from edge_runtime.model import Model
+from edge_runtime.server.alerts import Alerts, Watcher
 from edge_runtime.server.app import ServerSettings, ServerState, build_app
 from edge_runtime.server.responses import error_body
 
@@ -150,7 +151,9 @@ class OpenAIServer:
         self.settings = settings or ServerSettings()
         self.model = model
         self.model_id = self.settings.model_id or Path(model.info.path).stem
-        self.state = ServerState(model, self.settings, self.model_id, speech=speech_service(self.settings, model))
+        self.state = ServerState(model, self.settings, self.model_id, speech=speech_service(self.settings, model),
+                                 alerts=Alerts(self.settings.alert_rules))
+        self._watcher: Watcher | None = None
         self.socket = bind(self.settings.host, self.settings.port, self.settings.backlog)
         if not self.settings.api_key and not self.settings.keys and not _loopback(self.socket.getsockname()[0]):
             log.warning("listening on %s without an API key: anyone who can reach this address can use the model; "
@@ -176,7 +179,14 @@ class OpenAIServer:
 
     def serve_forever(self) -> None:
         """Serve until Ctrl-C/SIGTERM (in the main thread) or close()."""
+        self._start_watcher()
         self._uvicorn.run(sockets=[self.socket])
+
+    def _start_watcher(self) -> None:
+        s = self.settings
+        if self._watcher is None and (s.alert_rules.any or s.metrics_json):
+            self._watcher = Watcher(self.state.alerts, self.state.metrics.snapshot, s.alert_interval_s,
+                                    s.metrics_json).start()
 
     def start(self) -> "OpenAIServer":
         self._thread = threading.Thread(target=self.serve_forever, name="edge-runtime-server", daemon=True)
@@ -196,6 +206,9 @@ class OpenAIServer:
             self._thread.join()
             self._thread = None
         self.socket.close()
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
         if self.state.speech is not None:
             self.state.speech.close()
 
