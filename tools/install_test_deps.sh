@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # audio tests; the ARM check (cross compilers, qemu, an arm64 Debian root); the Pi install check (shellcheck,
-# systemd-analyze, a Debian root)
+# systemd-analyze, a Debian root); the chat page test (chromium)
 APT_PACKAGES=(espeak-ng sox libportaudio2 libsndfile1 gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static
-              debootstrap shellcheck systemd cmake ninja-build)
+              debootstrap shellcheck systemd cmake ninja-build chromium chromium-driver)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -21,8 +21,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from edge_runtime.errors import (AudioError, ContextSizeError, EdgeRuntimeError, InvalidArgumentError, RpcError,
@@ -39,6 +40,7 @@ from edge_runtime.server.keys import ApiKey, KeyLimits, Refused, key_hash
 from edge_runtime.server.metrics import ServerMetrics
 from edge_runtime.server.speech import speech_endpoint
 
+STATIC = Path(__file__).parent / "static"  # the chat page (GET /): no CDN, works offline
 log = logging.getLogger("edge_runtime.server")
 
 Job = Union[ChatJob, CompletionJob]
@@ -280,6 +282,9 @@ def build_app(state: ServerState) -> Starlette:
             raise RequestError("missing or wrong API key (Authorization: Bearer KEY)", HTTPStatus.UNAUTHORIZED)
         return None
 
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": state.model_id})
 
@@ -337,6 +342,8 @@ def build_app(state: ServerState) -> Starlette:
         return Response(status_code=499)  # nobody reads it
 
     routes = [
+        Route("/", page, methods=["GET"]),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
