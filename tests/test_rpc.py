@@ -16,7 +16,8 @@ import pytest
 from convert_support import converted, tiny_checkpoint
 from edge_runtime import load_model
 from edge_runtime.errors import InvalidArgumentError, RpcError
-from edge_runtime.rpc import RpcSettings, probe
+from edge_runtime.rpc import RpcSettings
+from edge_runtime.rpc.probe import probe
 from edge_runtime.rpc.channel import new_key, read_key
 from rpc_support import ROOT, Worker, need_rpc
 
@@ -266,3 +267,23 @@ def test_worker_cache_keeps_received_weights(tmp_path, default_model_path):
     # llama.cpp stores tensors over 10 MB by content hash, so a client reconnecting sends hashes, not weights
     stored = [p for p in cache.rglob("*") if p.is_file()]
     assert stored and max(p.stat().st_size for p in stored) > 10 * 2**20
+
+
+def test_assistant_over_rpc(workers, tmp_path):
+    """The spoken assistant with its Gemma on two workers: a replayed question, a reply."""
+    import numpy as np
+    import soundfile as sf
+
+    from audio_speech import SR, speak
+
+    speech = speak("Hello, my name is John and I live in London.", tmp_path)
+    wav = tmp_path / "q.wav"
+    sf.write(wav, np.concatenate([np.zeros(SR // 2), speech, np.zeros(SR)]).astype(np.float32), SR)
+    eps = ",".join(w.endpoint for w in workers)
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "assistant", "--push-to-talk", "--replay", str(wav),
+                           "--max-tokens", "8", "--temperature", "0", "--rpc", eps], input="\n", capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("you: ") and "London" in lines[0]
+    assert lines[1].startswith("gemma: ") and len(lines[1]) > len("gemma: ")

@@ -7,12 +7,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+# (`probe` the function lives in edge_runtime.rpc.probe: the submodule's name would shadow it here)
 _LAZY = {"LayerSplit": "cluster", "RpcCluster": "cluster", "RpcSettings": "cluster", "WorkerInfo": "probe",
-         "probe": "probe", "RpcWorker": "worker", "WorkerSettings": "worker"}
+         "RpcWorker": "worker", "WorkerSettings": "worker"}
 
 if TYPE_CHECKING:
     from edge_runtime.rpc.cluster import LayerSplit, RpcCluster, RpcSettings
-    from edge_runtime.rpc.probe import WorkerInfo, probe
+    from edge_runtime.rpc.probe import WorkerInfo
     from edge_runtime.rpc.worker import RpcWorker, WorkerSettings
 
 
@@ -22,4 +23,4 @@ def __getattr__(name: str):  # loaded on first use: `import edge_runtime.rpc.cli
     raise AttributeError(f"module 'edge_runtime.rpc' has no attribute {name!r}")
 
 
-__all__ = ["LayerSplit", "RpcCluster", "RpcSettings", "RpcWorker", "WorkerInfo", "WorkerSettings", "probe"]
+__all__ = ["LayerSplit", "RpcCluster", "RpcSettings", "RpcWorker", "WorkerInfo", "WorkerSettings"]
