@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,23 @@ def _tensor_bytes(shape: tuple[int, ...], type_id: int, path: Path, name: str) -
     if shape and shape[0] % block:
         raise InvalidModelError(f"{path} is corrupt: tensor {name!r} row of {shape[0]} is not a multiple of {block}")
     return qtype.name, n // block * type_size
+
+
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+def split_name(stem: str, index: int, count: int) -> str:
+    """llama.cpp's name for shard `index` (from 1) of `count`: `NAME-00001-of-0000N.gguf`."""
+    return f"{stem}-{index:05d}-of-{count:05d}.gguf"
+
+
+def split_names(name: str) -> list[str]:
+    """Every shard of the split model `name` belongs to, in order (`[name]` for a file that is not split)."""
+    m = _SPLIT.search(name)
+    if not m:
+        return [name]
+    count = int(m.group(2))
+    return [split_name(name[: m.start()], i, count) for i in range(1, count + 1)]
 
 
 def read_header(path: str | os.PathLike[str]) -> GGUFHeader:

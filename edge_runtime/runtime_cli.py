@@ -354,6 +354,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edge_runtime.model import load_model
     try:
         from edge_runtime.server import OpenAIServer, ServerSettings, resolve_api_key
+        from edge_runtime.audio.engines import audio_projector
         from edge_runtime.server.alerts import AlertRules
         from edge_runtime.server.keys import load_keys
     except ModuleNotFoundError as exc:
@@ -371,7 +372,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(host=args.host, port=args.port, api_key=resolve_api_key(args.api_key, args.api_key_file),
                               model_id=args.model_id, max_tokens=args.max_tokens, max_queue=args.max_queue,
                               cors_origins=tuple(args.cors_origin), media_dir=media_dir, asr=args.asr,
-                              asr_model=args.asr_model, asr_mmproj=_audio_projector(args.mmproj),
+                              asr_model=args.asr_model, asr_mmproj=audio_projector(args.mmproj),
                               keys=load_keys(args.keys_file) if args.keys_file else None,
                               alert_rules=AlertRules(args.alert_window, args.alert_ttft, args.alert_min_tps,
                                                      args.alert_rss_mb, args.alert_success),
@@ -403,16 +404,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
     for k in load_keys(args.file).values():
         print(f"{k.id:20} rpm {k.rpm or '-':>6}  tpm {k.tpm or '-':>8}  concurrent {k.concurrent or '-':>3}")
     return 0
-
-
-def _audio_projector(mmproj: list[str]) -> str | None:
-    """The --mmproj file that gives the model ears: an ONNX encoder, or a GGUF projector with audio."""
-    for path in mmproj:
-        if path.lower().endswith(".onnx"):
-            return path
-    from edge_runtime.backend.mtmd import inspect_projector
-
-    return next((p for p in mmproj if inspect_projector(p).has_audio), None)
 
 
 def _merge_model(args: argparse.Namespace) -> argparse.Namespace:

@@ -35,13 +35,14 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _make_engine(args: argparse.Namespace):
-    from edge_runtime.audio.engines import choose_engine, create_engine
+    from edge_runtime.audio.engines import audio_projector, choose_engine, create_engine
     from edge_runtime.hub.store import find
 
     pulled = find(args.model) if args.model and not os.path.exists(args.model) else None
     if pulled is not None:  # a pulled Gemma by name: its GGUF and its audio encoder / projector
-        onnx = [p for p in pulled.projectors if p.endswith(".onnx")]
-        args.model, args.mmproj = pulled.model, args.mmproj or (onnx or pulled.projectors or [None])[0]
+        # none with audio: the first, so the engine says which file lacks an audio encoder
+        args.model = pulled.model
+        args.mmproj = args.mmproj or audio_projector(pulled.projectors) or (pulled.projectors or [None])[0]
     name = args.engine if args.engine != "auto" else choose_engine(args.model)
     options: dict[str, Any] = {}
     if name == "whisper":

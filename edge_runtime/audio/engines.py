@@ -42,6 +42,18 @@ class SpeechEngine(Protocol):
     def close(self) -> None: ...
 
 
+def audio_projector(paths) -> str | None:
+    """Among a model's projector files, the one that gives it ears: an ONNX encoder (Gemma 3n), or a GGUF
+    projector with an audio encoder (Gemma 4)."""
+    paths = [str(p) for p in paths or ()]
+    onnx = next((p for p in paths if p.lower().endswith(".onnx")), None)
+    if onnx or not paths:
+        return onnx
+    from edge_runtime.backend.mtmd import inspect_projector
+
+    return next((p for p in paths if inspect_projector(p).has_audio), None)
+
+
 def check_task(task: str) -> None:
     if task not in TASKS:
         raise InvalidArgumentError(f"task must be one of {TASKS}, got {task!r}")

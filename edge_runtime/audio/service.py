@@ -35,10 +35,6 @@ class SpeechService:
             with self._lock:
                 return transcribe(f.name, self._get(), settings=TranscribeSettings(language=language, task=task))
 
-    @property
-    def engine(self) -> str:
-        return self._engine.name if self._engine is not None and hasattr(self._engine, "name") else self.engine_name
-
     def close(self) -> None:
         with self._lock:
             if self._engine is not None:

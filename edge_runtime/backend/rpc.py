@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import os
 
-import llama_cpp as lc
 
 from edge_runtime.backend.core import ensure_backend, lib_dir
 from edge_runtime.errors import RpcError
@@ -100,6 +99,3 @@ def serve(endpoint: str, n_threads: int, cache_dir: str | None = None) -> None:
                                       n_threads, 1, devices)
     raise RpcError(f"llama.cpp's RPC server could not listen on {endpoint}")
 
-
-def max_devices() -> int:
-    return int(lc.llama_max_devices())

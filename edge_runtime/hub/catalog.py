@@ -35,6 +35,16 @@ def catalog_path() -> Path:
     return Path(str(resources.files("edge_runtime") / "data" / "catalog.json"))
 
 
+def kv_cache_mb(n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int) -> float:
+    """kv(N) above: f16 keys and values for every layer at full context."""
+    return n_layer * n_head_kv * head_dim * 2 * 2 * n_ctx / 2**20
+
+
+def ram_need_mb(file_mb: float, kv_mb: float) -> int:
+    """need above: the file, its KV cache, and the fixed and proportional overhead."""
+    return int(file_mb + kv_mb + OVERHEAD_MB + 0.05 * file_mb)
+
+
 @dataclass(frozen=True)
 class Entry:
     id: str
@@ -46,12 +56,12 @@ class Entry:
 
     def kv_mb(self, n_ctx: int) -> float:
         kv = self.data["kv"]
-        return kv["n_layer"] * kv["n_head_kv"] * kv["head_dim"] * 2 * 2 * n_ctx / 2**20
+        return kv_cache_mb(kv["n_layer"], kv["n_head_kv"], kv["head_dim"], n_ctx)
 
     def need_mb(self, quant: str, n_ctx: int) -> int:
         """RAM for this quant at this context (the formula above); projector included when it has one."""
         file_mb = self.quants[quant] + self.data.get("gguf", {}).get("mmproj_mb", 0)
-        return int(file_mb + self.kv_mb(n_ctx) + OVERHEAD_MB + 0.05 * file_mb)
+        return ram_need_mb(file_mb, self.kv_mb(n_ctx))
 
 
 def load_catalog(path: Path | None = None) -> list[Entry]:

@@ -70,22 +70,24 @@ class _Hasher:
         self._thread.join()
 
 
-def cache_paths(repo_id: str, f: RemoteFile) -> tuple[Path, Path]:
-    """(blob, snapshot pointer) in huggingface-hub's cache."""
+def _storage(repo_id: str) -> Path:
+    """The repo's folder in huggingface-hub's cache."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    storage = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def cache_paths(repo_id: str, f: RemoteFile) -> tuple[Path, Path]:
+    """(blob, snapshot pointer) in huggingface-hub's cache."""
+    storage = _storage(repo_id)
     return storage / "blobs" / f.etag, storage / "snapshots" / f.commit / f.filename
 
 
 def _write_ref(repo_id: str, revision: str, commit: str) -> None:
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
-
     if revision == commit:
         return
-    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / revision
+    ref = _storage(repo_id) / "refs" / revision
     ref.parent.mkdir(parents=True, exist_ok=True)
     tmp = ref.with_name(ref.name + ".tmp")
     tmp.write_text(commit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from edge_runtime.errors import PullError
 from edge_runtime.hub import store
-from edge_runtime.hub.catalog import Entry, find_entry, load_catalog
+from edge_runtime.hub.catalog import Entry, find_entry, load_catalog, ram_need_mb
 from edge_runtime.hub.pull import PulledModel, PullRequest, parse_name, pull
 
 
@@ -35,7 +35,7 @@ def fetch(name: str, *, ram_mb: int | None = None, n_ctx: int = 4096, convert: b
 
     def fits(size_bytes: int) -> bool:  # catalog.py's formula, with the file's exact size from the Hub
         kv_mb = entry.kv_mb(n_ctx) if entry else size_bytes / 2**20 * 0.1
-        return size_bytes / 2**20 * 1.05 + kv_mb + 300 <= ram
+        return ram_need_mb(size_bytes / 2**20, kv_mb) <= ram
 
     model = pull(request, progress=progress, fits=fits)
     store.add(model, *aliases)

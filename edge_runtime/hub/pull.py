@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.errors import PullError
+from edge_runtime.gguf_file import split_names
 from edge_runtime.hub.download import RemoteFile, download, http_errors
 
 QUANT_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0",
@@ -63,8 +64,7 @@ def quant_of(filename: str) -> str | None:
 
 
 def _first_shard(name: str) -> bool:
-    m = re.search(r"-(\d{5})-of-(\d{5})\.gguf$", name)
-    return m is None or m.group(1) == "00001"
+    return split_names(name)[0] == name
 
 
 def choose_files(siblings: dict[str, int], quant: str | None, fits=None) -> tuple[str, list[str], list[str]]:
@@ -88,14 +88,10 @@ def choose_files(siblings: dict[str, int], quant: str | None, fits=None) -> tupl
                             f"about {_model_size(smallest, siblings) / 2**30:.1f} GB plus its context); pass :QUANT "
                             "to pull one anyway, or pick a smaller model (edge-runtime recommend)")
         first = candidates[0]
-    parts = [first]
-    m = re.search(r"-00001-of-(\d{5})\.gguf$", first)
-    if m:
-        stem = first[: m.start()]
-        parts = [f"{stem}-{i:05d}-of-{m.group(1)}.gguf" for i in range(1, int(m.group(1)) + 1)]
-        missing = [p for p in parts if p not in siblings]
-        if missing:
-            raise PullError(f"the repository's split model is incomplete: {', '.join(missing)} missing")
+    parts = split_names(first)
+    missing = [p for p in parts if p not in siblings]
+    if missing:
+        raise PullError(f"the repository's split model is incomplete: {', '.join(missing)} missing")
     projectors = sorted(n for n in siblings if ("mmproj" in Path(n).name.lower() and n.lower().endswith(".gguf"))
                         or n.lower().endswith(".onnx"))
     # several projector precisions: keep one per kind, preferring f16 (what mtmd is usually run with)
@@ -108,11 +104,7 @@ def choose_files(siblings: dict[str, int], quant: str | None, fits=None) -> tupl
 
 
 def _model_size(first: str, siblings: dict[str, int]) -> int:
-    m = re.search(r"-00001-of-(\d{5})\.gguf$", first)
-    if not m:
-        return siblings[first]
-    stem = first[: m.start()]
-    return sum(size for name, size in siblings.items() if name.startswith(stem + "-") and name.endswith(".gguf"))
+    return sum(siblings.get(name, 0) for name in split_names(first))
 
 
 def _hub_error(exc: Exception, repo_id: str, endpoint: str) -> PullError:

@@ -19,6 +19,7 @@ from pathlib import Path
 from edge_runtime.conversion.writer import atomic_path, sha256_file, staged_folder
 from edge_runtime.errors import InvalidArgumentError
 from edge_runtime.gguf_file import read_header
+from edge_runtime.hub.catalog import kv_cache_mb
 from edge_runtime.package.archive import write_aligned_zip
 from edge_runtime.package.shards import split_gguf
 
@@ -56,8 +57,7 @@ def _kv_mb(header, n_ctx: int) -> float:
     n_layer = int(meta.get(f"{arch}.block_count", 0))
     heads_kv = meta.get(f"{arch}.attention.head_count_kv", 1)
     heads_kv = max(heads_kv) if isinstance(heads_kv, list) else int(heads_kv)
-    key_len = int(meta.get(f"{arch}.attention.key_length", 256))
-    return n_layer * heads_kv * key_len * 2 * 2 * n_ctx / MB
+    return kv_cache_mb(n_layer, heads_kv, int(meta.get(f"{arch}.attention.key_length", 256)), n_ctx)
 
 
 def recommended(header, target: str, ram_mb: int, n_ctx: int | None) -> dict:
@@ -76,8 +76,8 @@ def recommended(header, target: str, ram_mb: int, n_ctx: int | None) -> dict:
             f"{header.path.name} needs about {need} MB at {n_ctx} tokens, more than a {ram_mb // 1024} GB "
             f"{target} target allows ({budget} MB): pick a smaller quant or model (edge-runtime recommend --ram "
             f"{ram_mb // 1024}G), or a smaller --ctx")
-    threads = 4 if target != "pi" else 4  # phones: the big cores; a Pi: its four cores
-    return {"ram_class_mb": ram_mb, "n_ctx": n_ctx, "n_threads": threads, "n_batch": 256, "use_mmap": True,
+    # phones: their big cores, a Pi: its four cores
+    return {"ram_class_mb": ram_mb, "n_ctx": n_ctx, "n_threads": 4, "n_batch": 256, "use_mmap": True,
             "min_ram_mb": need}
 
 

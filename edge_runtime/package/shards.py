@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType
 
 from edge_runtime.conversion.writer import progress_bar
 from edge_runtime.errors import InvalidArgumentError
-from edge_runtime.gguf_file import GGUFHeader, TensorInfo, read_header
+from edge_runtime.gguf_file import GGUFHeader, TensorInfo, read_header, split_name
 
 _COPY_CHUNK = 64 << 20
 _U16, _I32 = 2, 5  # GGUF value types of split.no / split.count (u16) and split.tensors.count (i32)
@@ -29,10 +29,6 @@ class Shard:
     path: Path
     size: int
     n_tensors: int
-
-
-def shard_name(stem: str, index: int, count: int) -> str:
-    return f"{stem}-{index:05d}-of-{count:05d}.gguf"
 
 
 def _pad(n: int, alignment: int) -> int:
@@ -99,7 +95,7 @@ def split_gguf(src: Path, out_dir: Path, stem: str, max_bytes: int, *, progress:
         src_kv = os.pread(fsrc.fileno(), header.kv_end - 24, 24)  # the metadata, byte for byte
         n_src_kv = len(header.metadata)
         for i, tensors in enumerate(groups):
-            path = out_dir / (f"{stem}.gguf" if count == 1 else shard_name(stem, i + 1, count))
+            path = out_dir / (f"{stem}.gguf" if count == 1 else split_name(stem, i + 1, count))
             kv = src_kv if i == 0 else b""
             n_kv = n_src_kv if i == 0 else 0
             if count > 1:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.errors import InvalidArgumentError
+from edge_runtime.gguf_file import split_names
 
 
 @dataclass
@@ -24,14 +24,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _split_names(first: str) -> list[str]:
-    m = re.search(r"-00001-of-(\d{5})\.gguf$", first)
-    if not m:
-        return [first]
-    stem, n = first[: m.start()], int(m.group(1))
-    return [f"{stem}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
 
 
 def _hash_stream(f) -> str:
@@ -76,7 +68,7 @@ def verify(path: str | Path, *, load: bool = True) -> VerifyReport:
     else:
         raise InvalidArgumentError(f"{path} is neither a bundle folder nor a zip archive")
     listed = {f["path"]: f for f in manifest.get("files", [])}
-    for name in _split_names(manifest["first_shard"]):
+    for name in split_names(manifest["first_shard"]):
         if name not in listed:
             report.problems.append(f"the manifest does not list shard {name}")
     for name, entry in listed.items():
@@ -98,7 +90,7 @@ def verify(path: str | Path, *, load: bool = True) -> VerifyReport:
         try:
             if path.is_dir():
                 report.greedy_token = _one_step(lambda: LlamaModel.load(path / first))
-            elif len(_split_names(first)) == 1:
+            elif len(split_names(first)) == 1:
                 offset = data_offset(path, names[first])
                 report.greedy_token = _one_step(lambda: LlamaModel.load_at(path, offset))
         except ModelError as exc:
