@@ -123,6 +123,61 @@ def suggest_ctx(positions: int) -> int:
     return (positions // 256 + 2) * 256
 
 
+class Reply:
+    """One reply taking shape token by token: end-of-generation and stop tokens, stop strings,
+    max_tokens, text pieces and timing. Shared by the one-stream Generator and the batch engine."""
+
+    def __init__(self, model: LlamaModel, settings: GenerationSettings, metrics: Metrics, t_start: float) -> None:
+        self.model, self.settings, self.metrics, self.t_start = model, settings, metrics, t_start
+        self.detok = IncrementalDetokenizer(model.token_to_piece)
+        self.stops = StopMatcher(settings.stop)
+        self.tokens: list[int] = []
+        self.pieces: list[str] = []
+        self.t_first = 0.0
+        # "stop", "length" or "cancelled" once nothing more follows
+        self.finish: str | None = "length" if settings.max_tokens <= 0 else None
+
+    def feed(self, token: int) -> str:
+        """Take the next sampled token; returns the text it completes (may be empty)."""
+        if not self.t_first:
+            self.t_first = time.perf_counter()
+            self.metrics.ttft_s = self.t_first - self.t_start
+        if self.model.is_eog(token) or token in self.settings.stop_tokens:
+            self.finish = "stop"
+            return ""
+        self.tokens.append(token)
+        text = self.stops.feed(self.detok.feed(token))
+        if text:
+            self.pieces.append(text)
+        if self.stops.stopped:
+            self.finish = "stop"
+        elif len(self.tokens) >= self.settings.max_tokens:
+            self.finish = "length"
+        return text
+
+    def close(self) -> str:
+        """The text held back (incomplete characters, a possible stop string's start)."""
+        tail = "" if self.stops.stopped else self.stops.feed(self.detok.flush()) + self.stops.flush()
+        if tail:
+            self.pieces.append(tail)
+        if len(self.tokens) > 1:
+            gen_s = time.perf_counter() - self.t_first
+            self.metrics.gen_tps = (len(self.tokens) - 1) / gen_s if gen_s > 0 else 0.0
+        return tail
+
+    def result(self, finish: str | None = None) -> GenerationResult:
+        """The result; `finish` overrides the reason when the run ended otherwise (cancelled, error)."""
+        self.metrics.generated_tokens = len(self.tokens)
+        self.metrics.peak_rss_mb = peak_rss_mb()
+        reason = finish if finish in ("cancelled", "error") else (self.finish or finish or "length")
+        return GenerationResult("".join(self.pieces), reason, self.tokens, self.metrics)
+
+    @staticmethod
+    def empty(metrics: Metrics, finish: str) -> GenerationResult:
+        metrics.peak_rss_mb = peak_rss_mb()
+        return GenerationResult("", finish, [], metrics)
+
+
 class Generator:
     """Owns one context's generation loop and its prompt cache. One call at a time."""
 
@@ -136,6 +191,18 @@ class Generator:
         self.cache = PromptCache(ctx)
         self._lock = threading.Lock()
         self.last_reuse: ReuseOutcome | None = None
+
+    @property
+    def n_slots(self) -> int:
+        return 1
+
+    @property
+    def kv_cells(self) -> int:
+        return len(self.cache.tokens)
+
+    def reset(self) -> None:
+        """Forget the cached prompt."""
+        self.cache.reset()
 
     def _adapt_threads(self) -> None:
         if self.governor is None:
@@ -173,8 +240,7 @@ class Generator:
             t_start = time.perf_counter()
             prompt = plan.keys()
             metrics = Metrics(prompt_tokens=len(prompt))
-            out_tokens: list[int] = []
-            pieces: list[str] = []
+            reply: Reply | None = None
             finish = "length"
             sampler = Sampler(self.model, settings)
             self._adapt_threads()
@@ -207,48 +273,31 @@ class Generator:
                         if tok >= 0:
                             sampler.accept(tok)
 
-                detok = IncrementalDetokenizer(self.model.token_to_piece)
-                stops = StopMatcher(settings.stop)
+                reply = Reply(self.model, settings, metrics, t_start)
                 n_ctx = self.ctx.n_ctx
-                t_first = 0.0
-                while len(out_tokens) < settings.max_tokens:
+                while reply.finish is None:
                     if cancel.cancelled:
-                        finish = "cancelled"
+                        reply.finish = "cancelled"
                         break
-                    token = sampler.sample(self.ctx)
-                    if not out_tokens:
-                        t_first = time.perf_counter()
-                        metrics.ttft_s = t_first - t_start
-                    if self.model.is_eog(token) or token in settings.stop_tokens:
-                        finish = "stop"
-                        break
-                    out_tokens.append(token)
-                    text = stops.feed(detok.feed(token))
+                    text = reply.feed(sampler.sample(self.ctx))
                     if text:
-                        pieces.append(text)
                         yield text
-                    if stops.stopped:
-                        finish = "stop"
-                        break
-                    if len(out_tokens) >= settings.max_tokens:
+                    if reply.finish is not None:
                         break  # no need to evaluate a token nothing will follow
+                    token = reply.tokens[-1]
                     pos = len(self.cache.tokens)
                     if pos >= n_ctx:
-                        break  # the window is full
-                    if len(out_tokens) % 16 == 0:
+                        reply.finish = "length"  # the window is full
+                        break
+                    if len(reply.tokens) % 16 == 0:
                         self._adapt_threads()
                     if not self.ctx.decode_one(token, pos):
-                        finish = "cancelled"
+                        reply.finish = "cancelled"
                         break
                     self.cache.tokens.append(token)
-                if not stops.stopped:
-                    tail = stops.feed(detok.flush()) + stops.flush()
-                    if tail:
-                        pieces.append(tail)
-                        yield tail
-                if len(out_tokens) > 1:
-                    gen_s = time.perf_counter() - t_first
-                    metrics.gen_tps = (len(out_tokens) - 1) / gen_s if gen_s > 0 else 0.0
+                tail = reply.close()
+                if tail:
+                    yield tail
             except GeneratorExit:  # the consumer stopped iterating
                 finish = "cancelled"
                 raise
@@ -260,9 +309,7 @@ class Generator:
             finally:
                 self.ctx.set_abort_check(None)
                 sampler.close()
-                metrics.generated_tokens = len(out_tokens)
-                metrics.peak_rss_mb = peak_rss_mb()
-                stream.result = GenerationResult("".join(pieces), finish, out_tokens, metrics)
+                stream.result = Reply.empty(metrics, finish) if reply is None else reply.result(finish)
 
 
 async def aiter_stream(stream: Stream) -> AsyncIterator[str]:

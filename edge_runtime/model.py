@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 from gguf.constants import LlamaFileType
 
 from edge_runtime.backend.core import LlamaContext, LlamaModel, recent_llama_errors
+from edge_runtime.batching.engine import BatchEngine
 from edge_runtime.chat_format import ChatFormat
 from edge_runtime.cpu_load import ThreadGovernor
 from edge_runtime.default_model import default_model_path
@@ -97,6 +98,22 @@ BASE_MODEL_HINT = (
 )
 
 
+def kv_mb_per_token(header: GGUFHeader) -> float:
+    """The f16 KV cache of one position (every layer), from the GGUF's attention shape; 0 when unknown."""
+    from edge_runtime.hub.catalog import kv_cache_mb
+
+    def count(key: str) -> int:
+        value = header.arch_value(key)
+        if isinstance(value, list):
+            return max((int(v) for v in value if isinstance(v, int)), default=0)
+        return int(value) if isinstance(value, int) else 0
+
+    n_head = count("attention.head_count")
+    head_dim = count("attention.key_length") or (count("embedding_length") // n_head if n_head else 0)
+    n_head_kv = count("attention.head_count_kv") or n_head
+    return kv_cache_mb(count("block_count"), n_head_kv, head_dim, 1)
+
+
 def _load_llama(header: GGUFHeader, settings: ResolvedSettings, cluster=None, vocab_only: bool = False,
                 repack: bool = True) -> LlamaModel:
     placement: dict = {}
@@ -137,7 +154,8 @@ class Model:
         self.media = MediaEncoders()
         self.header = read_header(path)
         settings = settings or RuntimeSettings()
-        self.settings = resolve(settings, trained_ctx=self.header.context_length, cpu=cpu)
+        self.settings = resolve(settings, trained_ctx=self.header.context_length, cpu=cpu,
+                                kv_mb_per_token=kv_mb_per_token(self.header))
         self.ctx: LlamaContext | None = None
         self.rpc_split: dict | None = None
         if settings.rpc and settings.rpc.endpoints:
@@ -151,8 +169,11 @@ class Model:
             raise
         recent_llama_errors()
         self.info = ModelInfo.from_header(self.header, self.llama)
-        governor = ThreadGovernor(self.settings.n_threads) if self.settings.adaptive_threads else None
-        self.generator = Generator(self.llama, self.ctx, governor, self.settings.n_threads_batch)
+        if self.settings.parallel > 1:
+            self.generator = BatchEngine(self.llama, self.ctx)
+        else:
+            governor = ThreadGovernor(self.settings.n_threads) if self.settings.adaptive_threads else None
+            self.generator = Generator(self.llama, self.ctx, governor, self.settings.n_threads_batch)
         self._warned_base = False
         try:
             for item in [mmproj] if isinstance(mmproj, (str, os.PathLike)) else (mmproj or ()):
@@ -219,10 +240,11 @@ class Model:
     def close(self) -> None:
         if getattr(self, "media", None) is not None:
             self.media.close()
+        generator = getattr(self, "generator", None)
+        if generator is not None and not isinstance(generator, Generator):
+            generator.close()  # the batch engine's thread, or the RPC child process
         if self.ctx is not None:
             self.ctx.close()
-        else:
-            self.generator.close()
         self.llama.close()
 
     def __enter__(self) -> "Model":
@@ -276,20 +298,44 @@ class Model:
         async for piece in aiter_stream(self.stream(prompt, settings, **overrides)):
             yield piece
 
+    def generate_many(
+        self, prompts: Sequence[str | Sequence[int] | Sequence[Part]], settings: GenerationSettings | None = None,
+        **overrides: object
+    ) -> list[GenerationResult]:
+        """Every prompt's completion, decoded together on the model's `parallel` slots (one after
+        another when it has one)."""
+        streams = [self.stream(p, settings, **overrides) for p in prompts]
+        return [s.consume() for s in streams]
+
+    @property
+    def parallel(self) -> int:
+        """Streams this model decodes together."""
+        return getattr(self.generator, "n_slots", 1)
+
     def logits(self, tokens: Sequence[int]) -> "np.ndarray":
         """Logits of every position of `tokens` evaluated from an empty cache, [n_tokens, n_vocab]: for
         checking a placement (RPC workers, threads) against another. The prompt cache is forgotten."""
-        if not isinstance(self.generator, Generator):
+        if self.ctx is None:
             return self.generator.logits(list(tokens))
-        self.generator.cache.reset()
-        try:
-            return self.ctx.eval_logits(list(tokens))
-        finally:
-            self.generator.cache.reset()
+
+        def run() -> "np.ndarray":
+            try:
+                return self.ctx.eval_logits(list(tokens))
+            finally:
+                self.ctx.clear()
+                for cache in self._caches():
+                    cache.tokens = []
+
+        return self.generator.call(run) if isinstance(self.generator, BatchEngine) else run()
+
+    def _caches(self) -> list:
+        if isinstance(self.generator, BatchEngine):
+            return [slot.cache for slot in self.generator.slots]
+        return [self.generator.cache]
 
     def reset(self) -> None:
-        """Forget the cached prompt."""
-        self.generator.cache.reset()
+        """Forget the cached prompt (every slot's)."""
+        self.generator.reset()
 
 
 def load_model(

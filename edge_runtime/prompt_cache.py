@@ -44,10 +44,11 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class PromptCache:
-    """The tokens whose KV is in a context's memory, and the reuse logic."""
+    """The tokens whose KV is in one sequence of a context's memory, and the reuse logic."""
 
-    def __init__(self, ctx: LlamaContext, *, min_chunk: int = MIN_REUSE_CHUNK) -> None:
+    def __init__(self, ctx: LlamaContext, *, min_chunk: int = MIN_REUSE_CHUNK, seq: int = 0) -> None:
         self.ctx = ctx
+        self.seq = seq
         self.min_chunk = min_chunk
         self.tokens: list[int] = []
         model = ctx.model
@@ -56,8 +57,14 @@ class PromptCache:
         self.can_shift = ctx.can_shift() and not self.swa_limited
 
     def reset(self) -> None:
-        self.ctx.clear()
+        self._clear()
         self.tokens = []
+
+    def _clear(self) -> None:
+        if self.ctx.n_seq == 1:
+            self.ctx.clear()
+        else:
+            self.ctx.seq_rm(0, -1, self.seq)
 
     def prepare(self, prompt: Sequence[int], spans: Sequence[tuple[int, int]] = ()) -> ReuseOutcome:
         """Keep what can be reused of the cache for `prompt`; drop the rest.
@@ -77,7 +84,7 @@ class PromptCache:
                 n_past = start
         reason = None
         if self.swa_limited and n_past > 0:
-            pos_min = self.ctx.pos_min()
+            pos_min = self.ctx.pos_min(self.seq)
             if pos_min > max(0, n_past - self.ctx.model.n_swa):
                 reason = (
                     f"sliding-window cache no longer holds positions {max(0, n_past - self.ctx.model.n_swa)}.."
@@ -85,11 +92,11 @@ class PromptCache:
                 )
                 log.debug(reason)
                 n_past = 0
-        if n_past > 0 and not self.ctx.seq_rm(n_past, -1):
+        if n_past > 0 and not self.ctx.seq_rm(n_past, -1, self.seq):
             reason = "llama.cpp could not trim the cache; re-processing the prompt"
             n_past = 0
         if n_past == 0:
-            self.ctx.clear()
+            self._clear()
             shifted = 0
         self.tokens = list(prompt[:n_past])
         return ReuseOutcome(reused=n_past, shifted=shifted if n_past else 0, reset_reason=reason)
@@ -108,8 +115,8 @@ class PromptCache:
                 n_match += 1
             if n_match >= self.min_chunk:
                 delta = head_p - head_c
-                self.ctx.seq_rm(head_p, head_c)
-                self.ctx.seq_add(head_c, head_c + n_match, delta)
+                self.ctx.seq_rm(head_p, head_c, self.seq)
+                self.ctx.seq_add(head_c, head_c + n_match, delta, self.seq)
                 cached[head_p : head_p + n_match] = cached[head_c : head_c + n_match]
                 shifted += n_match
                 head_c += n_match
@@ -125,6 +132,6 @@ class PromptCache:
 
     def sync_after_abort(self, prompt: Sequence[int]) -> None:
         """After an aborted decode: keep only what llama.cpp actually stored."""
-        n = self.ctx.pos_max() + 1
+        n = self.ctx.pos_max(self.seq) + 1
         self.tokens = list(prompt[: max(0, min(n, len(prompt)))])
-        self.ctx.seq_rm(len(self.tokens), -1)
+        self.ctx.seq_rm(len(self.tokens), -1, self.seq)

@@ -30,6 +30,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     fa.add_argument("--flash-attn", dest="flash_attn", action="store_true", default=None)
     fa.add_argument("--no-flash-attn", dest="flash_attn", action="store_false")
     g.add_argument("--mlock", action="store_true", help="lock the weights in RAM")
+    g.add_argument("--no-repack", action="store_true",
+                   help="keep quantized weights as stored instead of repacking them for this CPU's faster kernels "
+                        "(slower; with --no-flash-attn, greedy replies no longer depend on what else is batched)")
     g.add_argument("--no-mmap", action="store_true", help="read the weights instead of memory-mapping them")
     add_rpc_options(parser)
 
@@ -66,6 +69,8 @@ def runtime_settings(args: argparse.Namespace):
         use_mlock=args.mlock,
         use_mmap=not args.no_mmap,
         rpc=rpc_settings(args),
+        parallel=getattr(args, "parallel", 1),
+        repack=not args.no_repack,
     )
 
 
@@ -312,6 +317,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keys-file", metavar="FILE",
                    help="several API keys, stored hashed, each with its limits (edge-runtime keys add FILE --id NAME)")
     p.add_argument("--model-id", help="model name reported to clients (default: the GGUF's name)")
+    p.add_argument("--parallel", type=_parallel_arg, default=None, metavar="N",
+                   help="streams decoded together, each with its own --ctx of KV cache (default auto: "
+                        "two per core, fewer when memory is short; `info --parallel auto` shows it)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for the model; more get 429 with Retry-After (default 64)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -345,9 +353,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("info", help="model metadata, chosen settings and CPU features")
     p.add_argument("model_path", nargs="?", metavar="MODEL", help="GGUF file (default: the embedded model)")
+    p.add_argument("--parallel", type=_parallel_arg, default=1, metavar="N",
+                   help="show the settings of a server with N slots (auto: what serve would choose)")
     add_model_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: cmd_info(_merge_model(a)))
+
+
+def _parallel_arg(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"must be auto or a number of streams from 1 to 256, not {text!r}")
+    return int(text)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -379,7 +397,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               metrics_json=args.metrics_json)
     with load_model(args.model, runtime_settings(args), mmproj=args.mmproj) as model, \
             OpenAIServer(model, settings) as server:
-        print(f"[serving {server.model_id} at {server.url}/v1 (n_ctx {model.n_ctx}); Ctrl-C to stop]",
+        print(f"[serving {server.model_id} at {server.url}/v1 ({model.parallel} streams at once, n_ctx "
+              f"{model.n_ctx} each); Ctrl-C to stop]",
               file=sys.stderr, flush=True)
         model.warn_if_base("the server's /v1/chat/completions")
         try:

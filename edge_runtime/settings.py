@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from edge_runtime.backend.core import KV_CACHE_TYPES, ContextParams
 from edge_runtime.errors import ContextSizeError, InvalidArgumentError
-from edge_runtime.hardware import CpuInfo, detect_cpu
+from edge_runtime.hardware import CpuInfo, available_memory_mb, detect_cpu
 
 if TYPE_CHECKING:
     from edge_runtime.rpc.cluster import RpcSettings
@@ -41,6 +41,9 @@ class RuntimeSettings:
     repack: bool = True
     # Layers on llama.cpp RPC workers (rpc/): the weights then live in a child process.
     rpc: "RpcSettings | None" = None
+    # Streams decoded together (slots of the batch engine, batching.py), each with its own n_ctx
+    # of KV. 1: one generation at a time. None: chosen from the cores and the free memory.
+    parallel: int | None = 1
 
     def replace(self, **changes: object) -> "RuntimeSettings":
         return dataclasses.replace(self, **changes)
@@ -62,10 +65,11 @@ class ResolvedSettings:
     swa_full: bool
     adaptive_threads: bool
     reasons: dict[str, str]
+    parallel: int = 1
 
     def context_params(self) -> ContextParams:
         return ContextParams(
-            n_ctx=self.n_ctx,
+            n_ctx=self.n_ctx * self.parallel,  # llama.cpp gives each sequence n_ctx / n_seq_max
             n_batch=self.n_batch,
             n_ubatch=self.n_ubatch,
             n_threads=self.n_threads,
@@ -74,6 +78,7 @@ class ResolvedSettings:
             type_k=self.kv_cache_type,
             type_v=self.kv_cache_type,
             swa_full=self.swa_full,
+            n_seq_max=self.parallel,
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -82,8 +87,28 @@ class ResolvedSettings:
         return out
 
 
-def resolve(settings: RuntimeSettings, *, trained_ctx: int | None, cpu: CpuInfo | None = None) -> ResolvedSettings:
-    """Fill every automatic setting; raise for settings that cannot work."""
+MAX_AUTO_PARALLEL = 8
+KV_MEMORY_SHARE = 0.25  # of the free memory, for the extra slots' KV when --parallel is automatic
+
+
+def auto_parallel(cpu: CpuInfo, kv_mb_per_slot: float, available_mb: int | None) -> tuple[int, str]:
+    """Slots for a server: two per physical core (decode is memory-bound; batching fills idle
+    arithmetic) up to 8, fewer when their KV would take over a quarter of the free memory."""
+    n = max(2, min(MAX_AUTO_PARALLEL, 2 * cpu.physical_cores))
+    reason = f"two per physical core ({cpu.physical_cores}), at most {MAX_AUTO_PARALLEL}"
+    if available_mb and kv_mb_per_slot > 0:
+        fit = int(available_mb * KV_MEMORY_SHARE // kv_mb_per_slot)
+        if fit < n:
+            n = max(1, fit)
+            reason = (f"as many {kv_mb_per_slot:.0f} MB KV caches as fit in a quarter of the "
+                      f"{available_mb} MB free memory")
+    return n, reason
+
+
+def resolve(settings: RuntimeSettings, *, trained_ctx: int | None, cpu: CpuInfo | None = None,
+            kv_mb_per_token: float = 0.0) -> ResolvedSettings:
+    """Fill every automatic setting; raise for settings that cannot work. `kv_mb_per_token`
+    (the model's f16 KV size per position) sizes an automatic `parallel`."""
     cpu = cpu or detect_cpu()
     reasons: dict[str, str] = {}
 
@@ -137,7 +162,16 @@ def resolve(settings: RuntimeSettings, *, trained_ctx: int | None, cpu: CpuInfo 
     else:
         reasons["flash_attn"] = "requested"
 
+    if settings.parallel is None:
+        parallel, reasons["parallel"] = auto_parallel(cpu, kv_mb_per_token * n_ctx, available_memory_mb())
+    else:
+        parallel = settings.parallel
+        if not 1 <= parallel <= 256:
+            raise InvalidArgumentError(f"parallel must be from 1 to 256 streams, not {parallel}")
+        reasons["parallel"] = "requested" if parallel > 1 else "one generation at a time"
+
     return ResolvedSettings(
+        parallel=parallel,
         n_ctx=n_ctx,
         n_threads=n_threads,
         n_threads_batch=n_threads_batch,

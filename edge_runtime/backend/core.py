@@ -312,6 +312,7 @@ class ContextParams:
     type_v: str = "f16"
     swa_full: bool = True
     logits_all: bool = False
+    n_seq_max: int = 1  # sequences (parallel slots); each gets n_ctx / n_seq_max cells of its own
 
 
 @dataclass
@@ -327,7 +328,8 @@ _NO_ABORT_CALLBACK = _ABORT_CALLBACK_TYPE()  # a NULL function pointer
 
 
 class LlamaContext(_Handle):
-    """An inference context: KV memory for one sequence, decode and logits."""
+    """An inference context: KV memory for n_seq_max sequences (non-unified: each its own
+    n_ctx / n_seq_max cells), decode and logits. Memory calls take the sequence (default 0)."""
 
     _kind = "context"
 
@@ -343,7 +345,8 @@ class LlamaContext(_Handle):
         cparams.n_ctx = params.n_ctx
         cparams.n_batch = params.n_batch
         cparams.n_ubatch = params.n_ubatch
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = params.n_seq_max
+        cparams.kv_unified = False
         cparams.n_threads = params.n_threads
         cparams.n_threads_batch = params.n_threads_batch
         cparams.flash_attn_type = (
@@ -361,7 +364,8 @@ class LlamaContext(_Handle):
             reasons = "; ".join(recent_llama_errors()) or "no reason given"
             raise ModelError(f"llama.cpp could not create a context of {params.n_ctx} tokens: {reasons}")
         self._ptr = ptr
-        self.n_ctx = int(lc.llama_n_ctx(ptr))
+        self.n_ctx = int(lc.llama_n_ctx_seq(ptr))  # what one sequence can hold
+        self.n_seq = params.n_seq_max
         self.memory = lc.llama_get_memory(ptr)
         self._batch = lc.llama_batch_init(max(params.n_batch, 1), 0, 1)
         self._one = (lc.llama_token * 1)()
@@ -441,8 +445,27 @@ class LlamaContext(_Handle):
             raise GenerationError(f"llama.cpp failed to evaluate a token at position {pos}: {reasons}")
         return True
 
+    def decode_many(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (token, position, sequence, wants_logits) entries from several
+        sequences (at most n_batch); logits are then read by their index among the entries."""
+        n = len(entries)
+        if not 0 < n <= self.params.n_batch:
+            raise InvalidArgumentError(f"a batch takes 1 to {self.params.n_batch} entries, not {n}")
+        batch = self._batch
+        for i, (token, pos, seq, want) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = want
+        batch.n_tokens = n
+        status = lc.llama_decode(self.ptr, batch)
+        if status != 0:
+            reasons = "; ".join(recent_llama_errors()) or f"status {status}"
+            raise GenerationError(f"llama.cpp failed to evaluate a batch of {n} tokens: {reasons}")
+
     def decode_embeddings(self, rows: np.ndarray, start_pos: int, *, non_causal: bool = False,
-                          logits_last: bool = False) -> int:
+                          logits_last: bool = False, seq: int = 0) -> int:
         """Evaluate input embeddings (media encoder output, [n, n_embd_inp] float32) at positions
         start_pos.. in chunks of n_batch; with `non_causal` the rows attend to each other both ways
         (Gemma 3 images). Returns the rows evaluated: fewer only when the abort check fired."""
@@ -469,12 +492,12 @@ class LlamaContext(_Handle):
                 for i in range(n):
                     batch.pos[i] = start_pos + done + i
                     batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
+                    batch.seq_id[i][0] = seq
                     batch.logits[i] = logits_last and done + i == len(rows) - 1
                 batch.n_tokens = n
                 status = lc.llama_decode(self.ptr, batch)
                 if status == 2:
-                    return max(0, self.pos_max() + 1 - start_pos)
+                    return max(0, self.pos_max(seq) + 1 - start_pos)
                 if status != 0:
                     reasons = "; ".join(recent_llama_errors()) or f"status {status}"
                     raise GenerationError(f"llama.cpp failed to evaluate {n} media positions at {start_pos + done}: "
@@ -506,21 +529,22 @@ class LlamaContext(_Handle):
                 out[start + i] = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ptr, i), shape=(self.model.n_vocab,))
         return out
 
-    # memory (sequence 0)
+    # memory
     def clear(self) -> None:
+        """Forget every sequence."""
         lc.llama_memory_clear(self.memory, True)
 
-    def seq_rm(self, p0: int, p1: int = -1) -> bool:
-        return bool(lc.llama_memory_seq_rm(self.memory, 0, p0, p1))
+    def seq_rm(self, p0: int, p1: int = -1, seq: int = 0) -> bool:
+        return bool(lc.llama_memory_seq_rm(self.memory, seq, p0, p1))
 
-    def seq_add(self, p0: int, p1: int, delta: int) -> None:
-        lc.llama_memory_seq_add(self.memory, 0, p0, p1, delta)
+    def seq_add(self, p0: int, p1: int, delta: int, seq: int = 0) -> None:
+        lc.llama_memory_seq_add(self.memory, seq, p0, p1, delta)
 
-    def pos_min(self) -> int:
-        return int(lc.llama_memory_seq_pos_min(self.memory, 0))
+    def pos_min(self, seq: int = 0) -> int:
+        return int(lc.llama_memory_seq_pos_min(self.memory, seq))
 
-    def pos_max(self) -> int:
-        return int(lc.llama_memory_seq_pos_max(self.memory, 0))
+    def pos_max(self, seq: int = 0) -> int:
+        return int(lc.llama_memory_seq_pos_max(self.memory, seq))
 
     def can_shift(self) -> bool:
         return bool(lc.llama_memory_can_shift(self.memory))

@@ -26,20 +26,11 @@ from edge_runtime.prompt_plan import PromptPlan
 from edge_runtime.rpc.probe import probe
 
 
-class _RemoteCache:
-    def __init__(self, owner: "RemoteGenerator") -> None:
-        self._owner = owner
-
-    def reset(self) -> None:
-        self._owner._call("reset")
-
-
 class RemoteGenerator:
-    """The `Generator` interface (`stream`, `cache.reset()`) over a child process holding the weights."""
+    """The `Generator` interface (`stream`, `reset()`) over a child process holding the weights."""
 
     def __init__(self, path: Path, settings) -> None:
         self.path, self.settings = path, settings
-        self.cache = _RemoteCache(self)
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
@@ -129,6 +120,9 @@ class RemoteGenerator:
                 raise value
             return value
 
+    def reset(self) -> None:
+        self._call("reset")
+
     def logits(self, tokens: list[int]):
         return self._call("logits", tokens)
 
@@ -193,7 +187,7 @@ def _serve(conn: Connection) -> None:
     path, settings = conn.recv()
     try:
         cluster = RpcCluster(settings.rpc)
-        model = Model(path, settings.replace(rpc=None), _rpc_cluster=cluster)
+        model = Model(path, settings.replace(rpc=None, parallel=1), _rpc_cluster=cluster)  # one stream at a time
     except EdgeRuntimeError as exc:
         conn.send(("error", exc))
         return

@@ -7,7 +7,7 @@ window is fitted instead of failing, and the KV cache is reused between
 requests that share a prefix.
 
 Modules: `requests` (bodies -> validated jobs), `responses` (OpenAI bodies and
-chunks), `auth` (API keys), `app` (routes, the generation gate), `runner`
+chunks), `auth` (API keys), `app` (routes; generations scheduled by the model), `runner`
 (socket, uvicorn, wire timeouts, shutdown).
 """
 

@@ -1,9 +1,11 @@
-"""The ASGI application: routes, errors as JSON, one generation at a time off the event loop.
+"""The ASGI application: routes, errors as JSON, generations handed to the model's scheduler.
 
 Requests are read and validated on the event loop (never behind a running
-generation); only the model work waits for the generation gate and runs on a
-worker thread. A client that disconnects, streaming or not, cancels its
-generation at the next token.
+generation). The model schedules the generations itself: its batch engine
+(`--parallel N`, batching/) decodes N at once and queues the rest; a model
+with one slot runs them one by one. Past N + --max-queue requests in flight the
+answer is 429. A client that disconnects, streaming or not, cancels its
+generation at the next step and frees its slot.
 """
 
 from __future__ import annotations
@@ -72,25 +74,28 @@ class ServerSettings:
 
 @dataclass
 class ServerState:
-    """What the routes share: the model, the gate serializing generations, the streams in flight."""
+    """What the routes share: the model, the generations in flight."""
 
     model: Model
     settings: ServerSettings
     model_id: str
     active: set[Stream] = field(default_factory=set)
-    waiting: int = 0  # requests queued for the gate
+    in_flight: int = 0  # generation requests admitted and not yet answered
     closed: bool = False  # no generation starts once the model may be freed
-    _gate: asyncio.Lock | None = None
     speech: SpeechService | None = None  # /v1/audio/*: its engine loaded on first use
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     limits: KeyLimits = field(default_factory=KeyLimits)
     alerts: Alerts | None = None
 
     @property
-    def gate(self) -> asyncio.Lock:
-        if self._gate is None:  # created on the server's event loop
-            self._gate = asyncio.Lock()
-        return self._gate
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return max(0, self.in_flight - self.model.parallel)
+
+    @property
+    def busy(self) -> int:
+        """Slots generating."""
+        return min(self.in_flight, self.model.parallel)
 
     def cancel_all(self) -> None:
         self.closed = True
@@ -141,7 +146,7 @@ async def _read_body(request: Request, settings: ServerSettings) -> bytes:
 
 
 class GenerationResponse(Response):
-    """Runs a validated job on the model when the gate is free; JSON or server-sent events."""
+    """Runs a validated job on the model; JSON or server-sent events."""
 
     def __init__(self, state: ServerState, job: Job, kind: str, streaming: bool, key: ApiKey | None = None) -> None:
         self.state, self.job, self.kind, self.streaming, self.key = state, job, kind, streaming, key
@@ -167,15 +172,11 @@ class GenerationResponse(Response):
             await _json_error(429, f"the server is busy ({state.waiting} requests waiting); retry after {retry} s",
                               "rate_limit_error", headers={"Retry-After": retry})(scope, receive, send)
             return
-        state.waiting += 1
-        try:
-            await state.gate.acquire()
-        finally:
-            state.waiting -= 1
+        state.in_flight += 1
         try:
             await self._run(scope, receive, send)
         finally:
-            state.gate.release()
+            state.in_flight -= 1
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
@@ -194,8 +195,11 @@ class GenerationResponse(Response):
             if self.streaming:
                 await self._stream(send, stream, gone)
             else:
-                try:
-                    result = await asyncio.to_thread(stream.consume)
+                try:  # consumed on a thread of its own: the default executor's few would cap the batch
+                    async with contextlib.aclosing(aiter_stream(stream)) as pieces:
+                        async for _ in pieces:
+                            pass
+                    result = stream.result
                 except Exception as exc:  # nothing is sent yet: a JSON error
                     await _error_for(exc)(scope, receive, send)
                     return
@@ -290,9 +294,9 @@ def build_app(state: ServerState) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         require_key(request)
-        cache = getattr(state.model.generator, "cache", None)
-        text = state.metrics.render(queue=state.waiting, busy=len(state.active),
-                                    kv_cells=len(getattr(cache, "tokens", ()) or ()), kv_size=state.model.n_ctx)
+        text = state.metrics.render(queue=state.waiting, busy=state.busy,
+                                    kv_cells=getattr(state.model.generator, "kv_cells", 0),
+                                    kv_size=state.model.n_ctx * state.model.parallel)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def alerts(request: Request) -> Response:
