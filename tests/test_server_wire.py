@@ -281,8 +281,13 @@ def test_requests_are_logged_without_their_content(server, caplog):
     secret = "my secret question about the merger"
     with client(server) as c:
         r = c.chat.completions.create(model="x", messages=[{"role": "user", "content": secret}], max_tokens=3)
-    lines = [rec.getMessage() for rec in caplog.records if rec.name == "edge_runtime.server.access"]
-    line = [x for x in lines if x.startswith("POST /v1/chat/completions 200")][-1]
+
+    def lines() -> list[str]:  # logged once the response is out: the client may read it first
+        return [rec.getMessage() for rec in caplog.records if rec.name == "edge_runtime.server.access"
+                and rec.getMessage().startswith("POST /v1/chat/completions 200")]
+
+    _wait_for(lines, "the request is logged")
+    line = lines()[-1]
     assert "content=" in line and "key=key:" in line and "in=" in line and "ms=" in line
     assert r.usage.prompt_tokens > 0 and secret not in caplog.text and KEY not in caplog.text
 

@@ -294,7 +294,7 @@ def build_app(state: ServerState) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         require_key(request)
-        text = state.metrics.render(queue=state.waiting, busy=state.busy,
+        text = state.metrics.render(queue=state.waiting, busy=state.busy, slots=state.model.parallel,
                                     kv_cells=getattr(state.model.generator, "kv_cells", 0),
                                     kv_size=state.model.n_ctx * state.model.parallel)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -99,7 +99,7 @@ class ServerMetrics:
                                                    ("generation_tokens_per_second", self.tps))},
                     "process_resident_memory_bytes": rss_bytes()}
 
-    def render(self, *, queue: int, busy: int, kv_cells: int, kv_size: int) -> str:
+    def render(self, *, queue: int, busy: int, slots: int, kv_cells: int, kv_size: int) -> str:
         p = PREFIX
         lines = [f"# HELP {p}requests_total HTTP requests by method, route and status.",
                  f"# TYPE {p}requests_total counter"]
@@ -118,6 +118,7 @@ class ServerMetrics:
             lines += [f"# HELP {p}{name} {help_text}", f"# TYPE {p}{name} counter", f"{p}{name} {value}"]
         gauges = [("queue_depth", "Requests waiting for the model.", queue),
                   ("busy_slots", "Generations running now.", busy),
+                  ("slots", "Generations the model runs at once (--parallel).", slots),
                   ("kv_cells_used", "KV cache cells holding tokens.", kv_cells),
                   ("kv_cells_total", "KV cache cells (the context window).", kv_size),
                   ("process_resident_memory_bytes", "Resident memory of the server process.", rss_bytes())]
