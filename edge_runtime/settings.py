@@ -79,6 +79,7 @@ class ResolvedSettings:
             type_v=self.kv_cache_type,
             swa_full=self.swa_full,
             n_seq_max=self.parallel,
+            kv_unified=self.parallel > 1,
         )
 
     def as_dict(self) -> dict[str, object]:

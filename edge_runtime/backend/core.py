@@ -312,7 +312,10 @@ class ContextParams:
     type_v: str = "f16"
     swa_full: bool = True
     logits_all: bool = False
-    n_seq_max: int = 1  # sequences (parallel slots); each gets n_ctx / n_seq_max cells of its own
+    n_seq_max: int = 1  # sequences (parallel slots), each allowed n_ctx / n_seq_max positions
+    # One KV pool the sequences share. llama.cpp splits a batch of separate per-sequence caches into
+    # micro-batches of consecutive sequence ids only, so slots 0, 2 and 5 would cost three graph runs.
+    kv_unified: bool = False
 
 
 @dataclass
@@ -328,8 +331,8 @@ _NO_ABORT_CALLBACK = _ABORT_CALLBACK_TYPE()  # a NULL function pointer
 
 
 class LlamaContext(_Handle):
-    """An inference context: KV memory for n_seq_max sequences (non-unified: each its own
-    n_ctx / n_seq_max cells), decode and logits. Memory calls take the sequence (default 0)."""
+    """An inference context: KV memory for n_seq_max sequences of n_ctx / n_seq_max positions each,
+    decode and logits. Memory calls take the sequence (default 0)."""
 
     _kind = "context"
 
@@ -346,7 +349,7 @@ class LlamaContext(_Handle):
         cparams.n_batch = params.n_batch
         cparams.n_ubatch = params.n_ubatch
         cparams.n_seq_max = params.n_seq_max
-        cparams.kv_unified = False
+        cparams.kv_unified = params.kv_unified
         cparams.n_threads = params.n_threads
         cparams.n_threads_batch = params.n_threads_batch
         cparams.flash_attn_type = (
@@ -364,7 +367,7 @@ class LlamaContext(_Handle):
             reasons = "; ".join(recent_llama_errors()) or "no reason given"
             raise ModelError(f"llama.cpp could not create a context of {params.n_ctx} tokens: {reasons}")
         self._ptr = ptr
-        self.n_ctx = int(lc.llama_n_ctx_seq(ptr))  # what one sequence can hold
+        self.n_ctx = int(lc.llama_n_ctx(ptr)) // params.n_seq_max  # what one sequence may hold
         self.n_seq = params.n_seq_max
         self.memory = lc.llama_get_memory(ptr)
         self._batch = lc.llama_batch_init(max(params.n_batch, 1), 0, 1)
