@@ -8,8 +8,11 @@ oldest turns and still evaluate only the new ones.
 
 Gemma's sliding-window layers: unless the SWA cache is full size, llama.cpp
 keeps only about n_swa + n_ubatch cells and overwrites older ones, and
-`seq_rm` succeeds even when rolling back past them. We check
-`seq_pos_min` and re-process rather than answer from a stale cache.
+`seq_rm` succeeds even when rolling back past them. A KV pool shared by
+several sequences (the batch engine's) overwrites them even at full size: a
+cell out of its sequence's window is free for any other sequence. We check
+`seq_pos_min` and re-process rather than answer from a stale cache, as
+llama-server does, and never shift such a cache.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ class PromptCache:
         self.min_chunk = min_chunk
         self.tokens: list[int] = []
         model = ctx.model
-        # Positions a sliding-window layer still needs are only guaranteed with a full-size SWA cache.
-        self.swa_limited = model.n_swa > 0 and not ctx.params.swa_full
+        # Positions a sliding-window layer still needs are only guaranteed with a full-size SWA cache
+        # that no other sequence shares.
+        self.swa_limited = model.n_swa > 0 and (not ctx.params.swa_full or ctx.params.kv_unified)
         self.can_shift = ctx.can_shift() and not self.swa_limited
 
     def reset(self) -> None:

@@ -2,8 +2,9 @@
 
 llama.cpp computes a batch of rows with other kernels than a single row (tinyBLAS for
 its Q5_0/Q8_0 tensors from two rows up, repacked Q4_K gemm vs gemv, flash attention's
-split over the cache for one query): the logits differ by rounding, up to about 0.4
-here. Greedy replies are therefore equal, or part where the one-at-a-time reply stood
+split over the cache for one query, one attention product for every stream of a shared
+KV pool): the logits differ by rounding, by up to 0.84 here on steps where both runs still
+agree (24 prompts, 16 tokens each, 8 streams). Greedy replies are therefore equal, or part where the one-at-a-time reply stood
 at a near-tie. Anything else (another sequence's tokens, wrong positions, a stale
 cache) diverges where the model was sure. tests/test_batching.py proves equality bit
 for bit on a model whose kernels do not depend on the batch.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NEAR_TIE = 0.5  # top-2 logit margin below which rounding may pick either token
+NEAR_TIE = 1.0  # top-2 logit margin below which rounding may pick either token
 
 
 def check_same_or_near_tie(reference, prompt: str, got_text: str, want_tokens: list[int]) -> bool:
