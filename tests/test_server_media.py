@@ -4,6 +4,7 @@ library answers the same message; refusals as clear JSON errors."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
@@ -79,6 +80,15 @@ def test_image_url_data_and_media_dir(vision_server, vision):
         model="m", messages=[{"role": "user", "content": content}], max_tokens=6, temperature=0, stream=True))
     assert streamed == want
 
+    async def with_async_client() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120) as ac:
+            replies = await asyncio.gather(*(ac.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": body}], max_tokens=6, temperature=0)
+                for body in (content, local)))
+        return [r.choices[0].message.content for r in replies]
+
+    assert asyncio.run(with_async_client()) == [want, want]
+
 
 def test_media_refusals(vision_server, tmp_path):
     model, server = vision_server
@@ -130,7 +140,15 @@ def test_input_audio(tmp_path_factory):
             # Gemma 4's one projector holds both towers: the same server sees too
             seen = client(server).chat.completions.create(model="m", max_tokens=4, temperature=0, messages=[
                 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(PNG)}}]}])
+
+            async def heard_async():
+                async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0,
+                                              timeout=120) as ac:
+                    return await ac.chat.completions.create(model="m", messages=[{"role": "user", "content": content}],
+                                                            max_tokens=6, temperature=0)
+
+            got_async = asyncio.run(heard_async())
         want = library_reply(model, [Audio(wav.getvalue()), "What do you hear?"])
         want_seen = library_reply(model, [Image(PNG)], n=4)
-    assert got.choices[0].message.content == want
+    assert got.choices[0].message.content == got_async.choices[0].message.content == want
     assert seen.choices[0].message.content == want_seen

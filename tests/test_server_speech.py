@@ -80,3 +80,21 @@ def test_errors_are_clear(served, clip, tmp_path):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 400 and b"`file`" in err.value.read()
+
+
+def test_the_async_client_transcribes_and_gets_the_same_errors(served, clip):
+    import asyncio
+
+    _, server = served
+    wav = clip[0].read_bytes()
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120) as c:
+            texts = await asyncio.gather(*(c.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
+                                           for _ in range(2)))
+            with pytest.raises(openai.BadRequestError, match="English-only"):
+                await c.audio.translations.create(model="whisper-1", file=("a.wav", wav))
+            return texts
+
+    texts = asyncio.run(run())
+    assert all(wer(SAID, t.text) < 0.2 for t in texts)
