@@ -170,6 +170,9 @@ def resolve(settings: RuntimeSettings, *, trained_ctx: int | None, cpu: CpuInfo 
         if not 1 <= parallel <= 256:
             raise InvalidArgumentError(f"parallel must be from 1 to 256 streams, not {parallel}")
         reasons["parallel"] = "requested" if parallel > 1 else "one generation at a time"
+    if parallel > 1 and adaptive:
+        adaptive = False
+        reasons["adaptive_threads"] = "off: the batch engine keeps every thread for the streams it carries"
 
     return ResolvedSettings(
         parallel=parallel,
