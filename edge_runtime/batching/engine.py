@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 from edge_runtime.backend.core import LlamaContext, LlamaModel, Sampler
 from edge_runtime.batching.slots import Slot, make_slots, pick_slot
-from edge_runtime.errors import ContextSizeError, GenerationError, InvalidArgumentError
+from edge_runtime.errors import ContextSizeError, EdgeRuntimeError, GenerationError, InvalidArgumentError
 from edge_runtime.generate import CancelToken, GenerationSettings, Reply, Stream, suggest_ctx
 from edge_runtime.metrics import Metrics
 from edge_runtime.prompt_plan import MediaSpan, PromptPlan
@@ -310,7 +310,11 @@ class BatchEngine:
                 pos += n
                 continue
             if isinstance(run, MediaSpan):
-                self._evaluate_media(request, run, pos)
+                try:
+                    self._evaluate_media(request, run, pos)
+                except EdgeRuntimeError as exc:  # this request's media: the other streams go on
+                    request.slot.cache.reset()
+                    self._finish(request, "error", exc)
                 return None
             offset = request.cursor - pos
             return list(run[offset : offset + room])
