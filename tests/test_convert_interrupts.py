@@ -4,7 +4,6 @@ clear errors, exit codes 130/143, and no temporary file left behind (or cleaned 
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import signal
 import subprocess

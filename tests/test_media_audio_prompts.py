@@ -5,7 +5,6 @@ log-mel that mtmd computes (its floor differs from the HF extractor's; see test_
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from gemma4_tiny import build_tiny_gemma4

@@ -13,7 +13,6 @@ import threading
 import time
 from typing import Any
 
-from edge_runtime.errors import AudioError
 from edge_runtime.rpc.cli import add_rpc_options
 
 
