@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 from gguf.constants import LlamaFileType
 
-from edge_runtime.backend.core import LlamaContext, LlamaModel, recent_llama_errors
+from edge_runtime.backend.core import LlamaAdapter, LlamaContext, LlamaModel, recent_llama_errors
 from edge_runtime.batching.engine import BatchEngine
 from edge_runtime.chat_format import ChatFormat
 from edge_runtime.cpu_load import ThreadGovernor
@@ -158,6 +158,8 @@ class Model:
                                 kv_mb_per_token=kv_mb_per_token(self.header))
         self.ctx: LlamaContext | None = None
         self.rpc_split: dict | None = None
+        self._adapters: dict[Path, LlamaAdapter] = {}  # loaded once, applied per set_adapters
+        self.adapters: dict[str, float] = {}
         if settings.rpc and settings.rpc.endpoints:
             self._load_remote(path, settings, mmproj)
             return
@@ -178,6 +180,8 @@ class Model:
         try:
             for item in [mmproj] if isinstance(mmproj, (str, os.PathLike)) else (mmproj or ()):
                 self.load_projector(item)
+            if settings.lora:
+                self.set_adapters(dict(settings.lora))
         except BaseException:
             self.close()
             raise
@@ -231,6 +235,34 @@ class Model:
             if old is not None and old not in (self.media.image, self.media.audio):
                 old.close()
 
+    def set_adapters(self, adapters: dict[str | os.PathLike[str], float]) -> None:
+        """Apply exactly these LoRA adapters (GGUF path -> scale; the scale multiplies the adapter's
+        alpha / r; {} for the base model). Files are checked against the model first and loaded
+        once; the KV cache made under another set is forgotten."""
+        if self.ctx is None:
+            raise InvalidArgumentError("LoRA adapters cannot be combined with --rpc yet")
+        from edge_runtime.lora.adapters import check_adapter
+
+        wanted = []
+        for path, scale in adapters.items():
+            key = Path(path).resolve()
+            if key not in self._adapters:
+                check_adapter(key, self.header)
+                self._adapters[key] = LlamaAdapter(self.llama, key)
+            wanted.append((self._adapters[key], float(scale)))
+
+        def apply() -> None:
+            self.ctx.set_adapters(wanted)
+            for cache in self._caches():
+                cache.reset()
+
+        if isinstance(self.generator, BatchEngine):
+            self.generator.call(apply)
+        else:
+            with self.generator._lock:
+                apply()
+        self.adapters = {str(a.path): s for a, s in wanted}
+
     def plan(self, parts: Sequence[Part], tokenize=None) -> PromptPlan:
         """A prompt of parts (text, Image, Audio) -> the positions it takes, media wrapped as the model expects."""
         tokenize = tokenize or (lambda text, bos: self.tokenize(text, add_bos=bos))
@@ -245,6 +277,8 @@ class Model:
             generator.close()  # the batch engine's thread, or the RPC child process
         if self.ctx is not None:
             self.ctx.close()
+        for adapter in getattr(self, "_adapters", {}).values():
+            adapter.close()
         self.llama.close()
 
     def __enter__(self) -> "Model":

@@ -30,6 +30,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     fa.add_argument("--flash-attn", dest="flash_attn", action="store_true", default=None)
     fa.add_argument("--no-flash-attn", dest="flash_attn", action="store_false")
     g.add_argument("--mlock", action="store_true", help="lock the weights in RAM")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="apply a GGUF LoRA adapter (edge-runtime convert-lora), SCALE times its alpha/r (default 1; "
+                        "repeatable)")
     g.add_argument("--no-repack", action="store_true",
                    help="keep quantized weights as stored instead of repacking them for this CPU's faster kernels "
                         "(slower; with --no-flash-attn, greedy replies no longer depend on what else is batched)")
@@ -57,6 +60,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 
 def runtime_settings(args: argparse.Namespace):
+    from edge_runtime.lora.adapters import parse_lora_arg
     from edge_runtime.settings import RuntimeSettings
 
     return RuntimeSettings(
@@ -71,6 +75,7 @@ def runtime_settings(args: argparse.Namespace):
         rpc=rpc_settings(args),
         parallel=getattr(args, "parallel", 1),
         repack=not args.no_repack,
+        lora=tuple(parse_lora_arg(x) for x in args.lora),
     )
 
 

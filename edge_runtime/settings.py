@@ -44,6 +44,8 @@ class RuntimeSettings:
     # Streams decoded together (slots of the batch engine, batching.py), each with its own n_ctx
     # of KV. 1: one generation at a time. None: chosen from the cores and the free memory.
     parallel: int | None = 1
+    # LoRA adapters (GGUF, `edge-runtime convert-lora`) applied from the start: (path, scale) pairs.
+    lora: tuple[tuple[str, float], ...] = ()
 
     def replace(self, **changes: object) -> "RuntimeSettings":
         return dataclasses.replace(self, **changes)

@@ -295,6 +295,28 @@ class LlamaModel(_Handle):
         return tokens[0] if len(tokens) == 1 else None
 
 
+# --------------------------------------------------------------------------- adapters
+
+
+class LlamaAdapter(_Handle):
+    """A GGUF LoRA adapter loaded for a model (check it first: llama.cpp 0.3.36's Python binding
+    does not notice a failed load, and a wrongly shaped adapter crashes the process)."""
+
+    _kind = "adapter"
+
+    def __init__(self, model: LlamaModel, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        recent_llama_errors()
+        ptr = lc.llama_adapter_lora_init(model.ptr, str(path).encode())
+        if not ptr:
+            reasons = "; ".join(recent_llama_errors()) or "no reason given"
+            raise ModelError(f"llama.cpp could not load the adapter {path}: {reasons}")
+        self._ptr = ptr
+
+    def _free(self, ptr) -> None:
+        lc.llama_adapter_lora_free(ptr)
+
+
 # --------------------------------------------------------------------------- context
 
 
@@ -396,6 +418,15 @@ class LlamaContext(_Handle):
         """
         self._abort_flag = check
         lc.llama_set_abort_callback(self.ptr, self._abort_cb if check else _NO_ABORT_CALLBACK, None)
+
+    def set_adapters(self, adapters: Sequence[tuple["LlamaAdapter", float]]) -> None:
+        """Apply exactly these LoRA adapters, each at its scale, to every later decode (none: the base)."""
+        n = len(adapters)
+        ptrs = (lc.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.ptr for a, _ in adapters])
+        scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])
+        status = lc.llama_set_adapters_lora(self.ptr, ptrs, n, scales)
+        if status != 0:
+            raise ModelError(f"llama.cpp refused the adapter set (status {status})")
 
     def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
         lc.llama_set_n_threads(self.ptr, n_threads, n_threads_batch)

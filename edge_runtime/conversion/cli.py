@@ -44,6 +44,17 @@ def register(subparsers) -> None:
 
     register_mmproj(subparsers)
 
+    lo = subparsers.add_parser("convert-lora", help="convert a PEFT LoRA adapter to a GGUF adapter (no torch)",
+                               description="Convert a PEFT LoRA adapter folder (adapter_config.json + "
+                               "adapter_model.safetensors) to a GGUF adapter for --lora, checked against its base.")
+    lo.add_argument("adapter", help="the PEFT adapter folder")
+    lo.add_argument("--base", required=True, help="the base model: its checkpoint folder or its GGUF")
+    lo.add_argument("-o", "--output", required=True, help="output .gguf path")
+    lo.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
+    lo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lo.add_argument("--json", action="store_true", help="print the result as JSON")
+    lo.set_defaults(func=cmd_convert_lora)
+
 
 def _preset_table(counts: tuple[int, int, int] | None) -> str:
     from edge_runtime.conversion.quantize import describe_presets
@@ -78,6 +89,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if result.verification:
         print("\n".join(describe(result.verification)))
         return 0 if result.verification.get("ok") else 1
+    return 0
+
+
+def cmd_convert_lora(args: argparse.Namespace) -> int:
+    from edge_runtime.lora.convert import convert_lora
+
+    result = convert_lora(args.adapter, args.base, args.output, args.outtype, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(f"wrote {result.path}: {result.tensors} adapted projections, rank {result.rank}, alpha {result.alpha:g}"
+              f"{' (rsLoRA scale folded in)' if result.rslora else ''}; use it with --lora {result.path}[:SCALE]")
     return 0
 
 

@@ -133,6 +133,20 @@ def _text_name(name: str) -> str | None:
     return name
 
 
+# Projections llama.cpp can apply a LoRA adapter to (`llama-adapter.cpp` matches these GGUF names).
+LORA_TARGETS = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+                "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
+
+
+def layer_tensor_name(hf_name: str) -> str | None:
+    """A checkpoint's projection weight -> its GGUF name (`model.layers.3.mlp.up_proj.weight` ->
+    `blk.3.ffn_up.weight`), multimodal prefixes included; None for anything else."""
+    text = _text_name(hf_name)
+    m = re.match(r"model\.layers\.(\d+)\.(.+)$", text or "")
+    target = _LAYER_MAP.get(m.group(2)) if m else None
+    return f"blk.{m.group(1)}.{target}" if target in LORA_TARGETS else None
+
+
 def _hp(cfg: dict, key: str, default=None, *, path: str = "config.json"):
     value = cfg.get(key, default)
     if value is None:

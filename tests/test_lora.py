@@ -1,0 +1,154 @@
+"""LoRA adapters: PEFT -> GGUF without torch (`convert-lora`), applied by the real llama.cpp, against
+transformers + peft as the numerical reference, on a tiny random Gemma 3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from convert_support import converted, reference_tokens, tiny_checkpoint
+
+from edge_runtime import load_model
+from edge_runtime.errors import ConversionError, InvalidArgumentError
+from edge_runtime.lora.convert import convert_lora
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_adapter(ckpt, out, *, r=8, alpha=16, seed=1, **config):
+    """A random PEFT adapter whose B matrices are not zero (fresh LoRA starts at zero)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    base = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS, **config))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.2)
+    model.save_pretrained(out)
+    return model
+
+
+def peft_logits(model, tokens, scale: float = 1.0) -> np.ndarray:
+    """transformers + peft logits with every LoRA scaling multiplied by `scale`."""
+    layers = [m for m in model.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict)]
+    saved = [dict(m.scaling) for m in layers]
+    for m in layers:
+        for k in m.scaling:
+            m.scaling[k] *= scale
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model(torch.tensor([tokens])).logits[0].float().numpy()
+    finally:
+        for m, s in zip(layers, saved):
+            m.scaling.clear()
+            m.scaling.update(s)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    ckpt = tiny_checkpoint(tmp_path_factory, "gemma3")
+    return ckpt, converted(tmp_path_factory, ckpt, "f32")
+
+
+def test_adapter_logits_equal_transformers_and_peft_at_scale_1_and_half(base, tmp_path, tmp_path_factory):
+    ckpt, gguf_path = base
+    tokens = reference_tokens(tmp_path_factory)
+    ref = make_adapter(ckpt, tmp_path / "adapter")
+    out = convert_lora(tmp_path / "adapter", ckpt, tmp_path / "adapter.gguf", progress=False)
+    assert out.tensors == 4 * 7 and out.rank == 8 and out.alpha == 16
+    with load_model(gguf_path, n_ctx=256, flash_attn=False) as model:
+        plain = model.logits(tokens)
+        model.set_adapters({tmp_path / "adapter.gguf": 1.0})
+        full = model.logits(tokens)
+        model.set_adapters({tmp_path / "adapter.gguf": 0.5})
+        half = model.logits(tokens)
+        model.set_adapters({})
+        assert np.array_equal(model.logits(tokens), plain)  # the base again
+    want_full, want_half = peft_logits(ref, tokens), peft_logits(ref, tokens, 0.5)
+    assert abs(full - want_full).max() < 1e-3 * abs(want_full).max()
+    assert abs(half - want_half).max() < 1e-3 * abs(want_half).max()
+    assert abs(plain - want_full).max() > 0.1  # the adapter matters
+
+
+def test_rslora_and_alpha_pattern_are_scaled_as_peft_does(base, tmp_path, tmp_path_factory):
+    ckpt, gguf_path = base
+    tokens = reference_tokens(tmp_path_factory)
+    ref = make_adapter(ckpt, tmp_path / "rs", r=4, alpha=8, seed=2, use_rslora=True, alpha_pattern={"q_proj": 32})
+    convert_lora(tmp_path / "rs", gguf_path, tmp_path / "rs.gguf", "f16", progress=False)  # base given as GGUF
+    with load_model(gguf_path, n_ctx=256, flash_attn=False, lora=((str(tmp_path / "rs.gguf"), 1.0),)) as model:
+        got = model.logits(tokens)
+    want = peft_logits(ref, tokens)
+    assert abs(got - want).max() < 5e-3 * abs(want).max()  # f16 adapter
+
+
+def test_chat_keeps_working_across_a_swap_and_the_cache_is_not_reused(base, tmp_path):
+    from edge_runtime.chat import ChatSession
+
+    ckpt, gguf_path = base
+    make_adapter(ckpt, tmp_path / "a")
+    adapter = convert_lora(tmp_path / "a", ckpt, tmp_path / "a.gguf", progress=False).path
+    with load_model(gguf_path, n_ctx=256, flash_attn=False, parallel=2) as model:
+        from edge_runtime import GenerationSettings
+
+        chat = ChatSession(model, settings=GenerationSettings(temperature=0, max_tokens=4))
+        first = chat.send("Hello").consume()
+        model.set_adapters({adapter: 1.0})
+        second = chat.send("And?").consume()
+        assert second.metrics.reused_tokens == 0 and first.text is not None
+        assert model.adapters == {str(adapter): 1.0}
+
+
+def test_errors_are_clear(base, tmp_path, tmp_path_factory):
+    ckpt, gguf_path = base
+    make_adapter(ckpt, tmp_path / "ok")
+    good = convert_lora(tmp_path / "ok", ckpt, tmp_path / "ok.gguf", progress=False).path
+    # DoRA, full module copies
+    config = json.loads((tmp_path / "ok" / "adapter_config.json").read_text())
+    for change, match in (({"use_dora": True}, "DoRA"), ({"modules_to_save": ["lm_head"]}, "modules_to_save")):
+        bad = tmp_path / f"bad-{match}"
+        bad.mkdir()
+        (bad / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        (bad / "adapter_model.safetensors").write_bytes((tmp_path / "ok" / "adapter_model.safetensors").read_bytes())
+        with pytest.raises(ConversionError, match=match):
+            convert_lora(bad, ckpt, tmp_path / "x.gguf", progress=False)
+    # another base (wider model): refused by the converter and at load time
+    other = tiny_checkpoint(tmp_path_factory, "gemma3", hidden_size=96)
+    with pytest.raises(ConversionError, match="trained for another model"):
+        convert_lora(tmp_path / "ok", other, tmp_path / "x.gguf", progress=False)
+    assert not (tmp_path / "x.gguf").exists()
+    other_gguf = converted(tmp_path_factory, other, "f32")
+    with load_model(other_gguf, n_ctx=256) as model:
+        with pytest.raises(InvalidArgumentError, match="another base model"):
+            model.set_adapters({good: 1.0})
+        with pytest.raises(InvalidArgumentError, match="not a LoRA adapter"):
+            model.set_adapters({gguf_path: 1.0})
+        with pytest.raises(InvalidArgumentError, match="does not exist"):
+            model.set_adapters({tmp_path / "missing.gguf": 1.0})
+        assert model.generate("Hi", max_tokens=2).finish_reason  # still usable
+
+
+def test_cli_convert_lora_and_generate_with_it(base, tmp_path):
+    ckpt, gguf_path = base
+    make_adapter(ckpt, tmp_path / "cli")
+    run = subprocess.run([sys.executable, "-m", "edge_runtime", "convert-lora", str(tmp_path / "cli"), "--base",
+                          str(ckpt), "-o", str(tmp_path / "cli.gguf"), "--json", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["modules"] == 28
+    gen = subprocess.run([sys.executable, "-m", "edge_runtime", "generate", "--model", str(gguf_path), "--lora",
+                          f"{tmp_path / 'cli.gguf'}:0.5", "-n", "4", "--temperature", "0", "--json", "Hello"],
+                         capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0, gen.stderr
+    assert json.loads(gen.stdout)["metrics"]["generated_tokens"] >= 1
+    bad = subprocess.run([sys.executable, "-m", "edge_runtime", "generate", "--model", str(gguf_path), "--lora",
+                          str(gguf_path), "-n", "2", "Hello"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "not a LoRA adapter" in bad.stderr and "Traceback" not in bad.stderr
