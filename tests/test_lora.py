@@ -152,3 +152,30 @@ def test_cli_convert_lora_and_generate_with_it(base, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "edge_runtime", "generate", "--model", str(gguf_path), "--lora",
                           str(gguf_path), "-n", "2", "Hello"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "not a LoRA adapter" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_merged_conversion_equals_the_adapter_applied(base, tmp_path, tmp_path_factory):
+    """`convert CKPT --lora DIR:SCALE`: the adapter merged into the weights gives transformers + peft's
+    logits; the sliding-window pattern and everything not adapted stay the base's."""
+    from edge_runtime.conversion import convert_checkpoint
+    from edge_runtime.gguf_file import read_header
+
+    ckpt, gguf_path = base
+    tokens = reference_tokens(tmp_path_factory)
+    ref = make_adapter(ckpt, tmp_path / "m", seed=3, use_rslora=True)
+    merged = convert_checkpoint(ckpt, tmp_path / "merged.gguf", "f32", lora=[(tmp_path / "m", 0.5)],
+                                progress=False)
+    assert merged.manifest["lora_merged"][0]["scale"] == 0.5
+    with load_model(merged.path, n_ctx=256, flash_attn=False) as model:
+        got = model.logits(tokens)
+    want = peft_logits(ref, tokens, 0.5)
+    assert abs(got - want).max() < 1e-3 * abs(want).max()
+    a, b = read_header(merged.path), read_header(gguf_path)
+    keys = [k for k in b.metadata if "sliding_window" in k or "block_count" in k]
+    assert keys and all(a.metadata[k] == b.metadata[k] for k in keys)
+    run = subprocess.run([sys.executable, "-m", "edge_runtime", "convert", str(ckpt), "-o", str(tmp_path / "cli.gguf"),
+                          "--outtype", "f32", "--lora", f"{tmp_path / 'm'}:0.5", "--no-progress", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    with load_model(tmp_path / "cli.gguf", n_ctx=256, flash_attn=False) as model:
+        assert np.array_equal(model.logits(tokens), got)

@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     group.add_argument("--outtype", default=None,
                        help="f32, f16 (default), bf16, q8_0, or a llama.cpp type such as Q4_K_M, Q4_0, Q4_K_S, Q5_K_M, Q6_K, Q8_0, IQ4_NL")
     group.add_argument("--preset", default=None, choices=["max-efficiency", "balanced", "quality"], help=PRESET_HELP)
+    p.add_argument("--lora", action="append", default=[], metavar="ADAPTER_DIR[:SCALE]",
+                   help="merge a PEFT LoRA adapter into the weights before writing (repeatable; SCALE default 1)")
     p.add_argument("--imatrix", default=None, help="importance matrix file for llama.cpp quantization types")
     p.add_argument("--verify", action="store_true", help="check the tokenizer against the Hugging Face one and report perplexity")
     p.add_argument("--threads", type=int, default=2, help="threads for quantization and verification (default 2)")
@@ -69,6 +71,7 @@ def _preset_table(counts: tuple[int, int, int] | None) -> str:
 def cmd_convert(args: argparse.Namespace) -> int:
     from edge_runtime.conversion.convert import PlanSummary, convert_checkpoint
     from edge_runtime.conversion.verify import describe
+    from edge_runtime.lora.merge import parse_merge_arg
 
     def show_presets(plan: PlanSummary) -> None:  # before the work, from the planned tensors
         if args.preset and not args.json:
@@ -79,6 +82,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     result = convert_checkpoint(
         args.src, args.output, outtype, preset=args.preset, imatrix=args.imatrix, verify=args.verify,
         progress=not args.no_progress and sys.stderr.isatty(), n_threads=args.threads, on_plan=show_presets,
+        lora=[parse_merge_arg(x) for x in args.lora],
     )
     m = result.manifest
     if args.json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -79,12 +80,14 @@ def convert_checkpoint(
     progress: bool = True,
     n_threads: int = 2,
     on_plan: Callable[[PlanSummary], None] | None = None,
+    lora: Sequence[tuple[str | os.PathLike[str], float]] = (),
 ) -> ConversionResult:
     """Convert a Hugging Face Gemma checkpoint (folder or repo id) to a GGUF file at `out`.
 
     Writes `out` atomically and a manifest at `out + ".json"`. Raises ConversionError
     (or InvalidArgumentError for bad settings) naming the file and the problem.
     `on_plan` is called with the model's sizes once they are known, before any writing.
+    `lora`: PEFT adapter folders (with a scale each) merged into the weights before writing.
     """
     started = time.monotonic()
     ot = resolve_outtype(outtype, preset)
@@ -100,13 +103,17 @@ def convert_checkpoint(
 
         imatrix_data = load_imatrix(imatrix)
     src_dir = resolve_source(src)
-    with Checkpoint(src_dir) as ckpt:
+    with Checkpoint(src_dir) as ckpt, contextlib.ExitStack() as adapters:
         arch = gguf_arch(ckpt)
         n_vocab_cfg = ckpt.text_config.get("vocab_size")
         if n_vocab_cfg is None:
             raise ConversionError(f"{ckpt.dir / 'config.json'}: missing 'vocab_size'")
         vocab = load_vocab(ckpt.dir, int(n_vocab_cfg), arch=arch)
         plan = plan_model(ckpt, len(vocab))
+        if lora:
+            from edge_runtime.lora.merge import merge_into_plan
+
+            merge_into_plan(plan, lora, adapters)
         if ot.via_llama:
             all_bf16 = all(ckpt.tensors[s].dtype == "BF16" for p in plan.tensors for s in p.sources)
             base = Q.BF16 if all_bf16 else Q.F16
@@ -137,6 +144,7 @@ def convert_checkpoint(
             "file_type": ot.ftype,
             "architecture": arch,
             "hf_architecture": plan.hf_arch,
+            "lora_merged": [{"adapter": str(Path(d).resolve()), "scale": float(sc)} for d, sc in lora],
             "source": {
                 "checkpoint": str(src),
                 "path": str(src_dir),
