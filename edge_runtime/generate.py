@@ -29,6 +29,8 @@ class GenerationSettings(SamplerParams):
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     stop_tokens: tuple[int, ...] = ()  # token ids that end the reply (besides end-of-generation ones)
+    # LoRA adapters for this call: (GGUF path, scale) pairs; None: the model's own set (Model.set_adapters)
+    lora: tuple[tuple[str, float], ...] | None = None
 
     def replace(self, **changes: object) -> "GenerationSettings":
         return dataclasses.replace(self, **changes)
@@ -123,6 +125,30 @@ def suggest_ctx(positions: int) -> int:
     return (positions // 256 + 2) * 256
 
 
+class AdapterResolver:
+    """Which LoRA adapters a call runs with, and applying a set to the context when it changes.
+    `load` turns (path, scale) pairs into loaded adapters; `default` is the model's own set."""
+
+    def __init__(self, ctx: LlamaContext, load=None) -> None:
+        self.ctx = ctx
+        self.load = load or (lambda spec: [])
+        self.default: tuple[tuple[str, float], ...] = ()
+        self.current: tuple[tuple[str, float], ...] = ()  # the set the context runs with
+
+    def key(self, spec: tuple[tuple[str, float], ...] | None) -> tuple[tuple[str, float], ...]:
+        spec = self.default if spec is None else spec
+        return tuple(sorted((str(p), float(s)) for p, s in spec if s != 0))
+
+    def apply(self, spec: tuple[tuple[str, float], ...] | None) -> bool:
+        """Put the call's set on the context (on the thread that decodes); True when it changed."""
+        key = self.key(spec)
+        if key == self.current:
+            return False
+        self.ctx.set_adapters(self.load(key))
+        self.current = key
+        return True
+
+
 class Reply:
     """One reply taking shape token by token: end-of-generation and stop tokens, stop strings,
     max_tokens, text pieces and timing. Shared by the one-stream Generator and the batch engine."""
@@ -182,9 +208,10 @@ class Generator:
     """Owns one context's generation loop and its prompt cache. One call at a time."""
 
     def __init__(self, model: LlamaModel, ctx: LlamaContext, governor: ThreadGovernor | None = None,
-                 n_threads_batch: int | None = None) -> None:
+                 n_threads_batch: int | None = None, adapters: "AdapterResolver | None" = None) -> None:
         self.model = model
         self.ctx = ctx
+        self.adapters = adapters or AdapterResolver(ctx)
         self.governor = governor  # adapts the thread count to other processes' load
         self._threads = governor.max_threads if governor else 0
         self._threads_batch = n_threads_batch or self._threads
@@ -246,6 +273,8 @@ class Generator:
             self._adapt_threads()
             self.ctx.set_abort_check(lambda: cancel.cancelled)
             try:
+                if self.adapters.apply(settings.lora):  # a cache made under other adapters is not reused
+                    self.cache.reset()
                 t_prompt = time.perf_counter()
                 reuse = self.cache.prepare(prompt, plan.span_ranges())
                 self.last_reuse = reuse

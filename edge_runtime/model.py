@@ -18,7 +18,8 @@ from edge_runtime.chat_format import ChatFormat
 from edge_runtime.cpu_load import ThreadGovernor
 from edge_runtime.default_model import default_model_path
 from edge_runtime.errors import InvalidArgumentError, InvalidModelError, ModelError, UnsupportedModelError
-from edge_runtime.generate import CancelToken, GenerationResult, GenerationSettings, Generator, Stream, aiter_stream
+from edge_runtime.generate import (AdapterResolver, CancelToken, GenerationResult, GenerationSettings, Generator, Stream,
+                                   aiter_stream)
 from edge_runtime.gguf_file import GGUFHeader, read_header
 from edge_runtime.hardware import CpuInfo
 from edge_runtime.media import MediaEncoders, Part, is_media_prompt, plan_prompt
@@ -171,11 +172,12 @@ class Model:
             raise
         recent_llama_errors()
         self.info = ModelInfo.from_header(self.header, self.llama)
+        resolver = AdapterResolver(self.ctx, self._loaded_adapters)
         if self.settings.parallel > 1:
-            self.generator = BatchEngine(self.llama, self.ctx)
+            self.generator = BatchEngine(self.llama, self.ctx, adapters=resolver)
         else:
             governor = ThreadGovernor(self.settings.n_threads) if self.settings.adaptive_threads else None
-            self.generator = Generator(self.llama, self.ctx, governor, self.settings.n_threads_batch)
+            self.generator = Generator(self.llama, self.ctx, governor, self.settings.n_threads_batch, resolver)
         self._warned_base = False
         try:
             for item in [mmproj] if isinstance(mmproj, (str, os.PathLike)) else (mmproj or ()):
@@ -235,33 +237,37 @@ class Model:
             if old is not None and old not in (self.media.image, self.media.audio):
                 old.close()
 
-    def set_adapters(self, adapters: dict[str | os.PathLike[str], float]) -> None:
-        """Apply exactly these LoRA adapters (GGUF path -> scale; the scale multiplies the adapter's
-        alpha / r; {} for the base model). Files are checked against the model first and loaded
-        once; the KV cache made under another set is forgotten."""
+    def load_adapter(self, path: str | os.PathLike[str]) -> str:
+        """Check a GGUF LoRA adapter against this model and load it (once); returns its key (the
+        resolved path) for `set_adapters` and `GenerationSettings.lora`."""
         if self.ctx is None:
             raise InvalidArgumentError("LoRA adapters cannot be combined with --rpc yet")
         from edge_runtime.lora.adapters import check_adapter
 
-        wanted = []
-        for path, scale in adapters.items():
-            key = Path(path).resolve()
-            if key not in self._adapters:
-                check_adapter(key, self.header)
-                self._adapters[key] = LlamaAdapter(self.llama, key)
-            wanted.append((self._adapters[key], float(scale)))
+        key = Path(path).resolve()
+        if key not in self._adapters:
+            check_adapter(key, self.header)
+            self._adapters[key] = LlamaAdapter(self.llama, key)
+        return str(key)
 
-        def apply() -> None:
-            self.ctx.set_adapters(wanted)
-            for cache in self._caches():
-                cache.reset()
+    def _loaded_adapters(self, spec: tuple[tuple[str, float], ...]) -> list:
+        return [(self._adapters[Path(self.load_adapter(p))], s) for p, s in spec]
 
-        if isinstance(self.generator, BatchEngine):
-            self.generator.call(apply)
-        else:
-            with self.generator._lock:
-                apply()
-        self.adapters = {str(a.path): s for a, s in wanted}
+    def set_adapters(self, adapters: dict[str | os.PathLike[str], float]) -> None:
+        """Run later calls with exactly these LoRA adapters (GGUF path -> scale; the scale multiplies
+        the adapter's alpha / r; {} for the base model). Files are checked against the model first and
+        loaded once; a KV cache made under another set is never reused. A call can also pick its own
+        set (`GenerationSettings.lora`)."""
+        if self.ctx is None:
+            raise InvalidArgumentError("LoRA adapters cannot be combined with --rpc yet")
+        spec = tuple((self.load_adapter(p), float(s)) for p, s in adapters.items())
+        self.generator.adapters.default = spec
+        self.adapters = {p: s for p, s in spec}
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Every adapter loaded, in load order (the server's adapter ids)."""
+        return [str(p) for p in self._adapters]
 
     def plan(self, parts: Sequence[Part], tokenize=None) -> PromptPlan:
         """A prompt of parts (text, Image, Audio) -> the positions it takes, media wrapped as the model expects."""
@@ -353,6 +359,7 @@ class Model:
             return self.generator.logits(list(tokens))
 
         def run() -> "np.ndarray":
+            self.generator.adapters.apply(None)  # the model's own adapter set
             try:
                 return self.ctx.eval_logits(list(tokens))
             finally:

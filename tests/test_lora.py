@@ -16,6 +16,8 @@ from edge_runtime import load_model
 from edge_runtime.errors import ConversionError, InvalidArgumentError
 from edge_runtime.lora.convert import convert_lora
 
+from test_batching import sampled_logits  # noqa: F401 (fixture)
+
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -179,3 +181,73 @@ def test_merged_conversion_equals_the_adapter_applied(base, tmp_path, tmp_path_f
     assert run.returncode == 0, run.stderr
     with load_model(tmp_path / "cli.gguf", n_ctx=256, flash_attn=False) as model:
         assert np.array_equal(model.logits(tokens), got)
+
+
+def _close(a, b) -> bool:
+    a, b = np.array(a), np.array(b)
+    return a.shape == b.shape and abs(a - b).max() < 1e-3 * abs(b).max()
+
+
+def test_per_call_adapter_sets_are_never_batched_together(base, tmp_path, tmp_path_factory, sampled_logits):
+    """Streams under different adapter sets take turns; each gets the logits of its own set."""
+    from edge_runtime import GenerationSettings
+
+    ckpt, gguf_path = base
+    make_adapter(ckpt, tmp_path / "p")
+    adapter = str(convert_lora(tmp_path / "p", ckpt, tmp_path / "p.gguf", progress=False).path)
+    tokens = reference_tokens(tmp_path_factory)[:12]
+    sets = [(), ((adapter, 1.0),), ((adapter, 0.5),)]
+    greedy = GenerationSettings(temperature=0, max_tokens=6)
+    with load_model(gguf_path, n_ctx=256, flash_attn=False, parallel=3) as model:
+        engine, seen = model.generator, []
+        decode = model.ctx.decode_many
+
+        def watched(entries):
+            seen.append({r.lora for r in engine._running} | {engine.adapters.current})
+            return decode(entries)
+
+        model.ctx.decode_many = watched
+        streams = [model.stream(tokens, greedy.replace(lora=sets[i % 3])) for i in range(6)]
+        many = [s.consume() for s in streams]
+        assert all(len(step) == 1 for step in seen)  # one adapter set per decode
+        alone = []
+        for spec in sets:
+            model.set_adapters(dict(spec))
+            alone.append(model.generate(tokens, greedy).tokens)
+    assert [r.tokens for r in many] == [alone[i % 3] for i in range(6)]
+    # The tiny model repeats one token: the logits each step saw are what tell the sets apart.
+    assert all(_close(sampled_logits[i], sampled_logits[6 + i % 3]) for i in range(6))
+    assert not _close(sampled_logits[6], sampled_logits[7]) and not _close(sampled_logits[7], sampled_logits[8])
+
+
+def test_server_lists_adapters_and_takes_a_per_request_set(base, tmp_path, sampled_logits):
+    import openai
+
+    from edge_runtime.server import OpenAIServer, ServerSettings
+
+    ckpt, gguf_path = base
+    make_adapter(ckpt, tmp_path / "s")
+    adapter = str(convert_lora(tmp_path / "s", ckpt, tmp_path / "s.gguf", progress=False).path)
+    with load_model(gguf_path, n_ctx=256, parallel=2, lora=((adapter, 0.5),)) as model, \
+            OpenAIServer(model, ServerSettings(port=0)).start() as srv:
+        import urllib.request
+
+        with urllib.request.urlopen(srv.url + "/lora-adapters", timeout=30) as resp:
+            assert json.loads(resp.read()) == [{"id": 0, "path": adapter, "scale": 0.5}]
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        prompt = "The capital of France is"
+
+        def reply(extra=None):
+            return client.completions.create(model="m", prompt=prompt, max_tokens=6, temperature=0,
+                                             extra_body=extra).choices[0].text
+
+        default, base_only, full = reply(), reply({"lora": []}), reply({"lora": [{"id": 0, "scale": 1.0}]})
+        with pytest.raises(openai.BadRequestError, match="not one of the 1 adapters"):
+            reply({"lora": [{"id": 3, "scale": 1}]})
+        with pytest.raises(openai.BadRequestError, match="lora items"):
+            reply({"lora": [{"name": "x"}]})
+        for spec, got in (({adapter: 0.5}, default), ({}, base_only), ({adapter: 1.0}, full)):
+            model.set_adapters(spec)
+            assert model.generate(prompt, max_tokens=6, temperature=0).text == got
+    assert all(_close(sampled_logits[i], sampled_logits[3 + i]) for i in range(3))  # requests 0-2, library 3-5
+    assert not _close(sampled_logits[0], sampled_logits[1]) and not _close(sampled_logits[1], sampled_logits[2])

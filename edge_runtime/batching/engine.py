@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 from edge_runtime.backend.core import LlamaContext, LlamaModel, Sampler
 from edge_runtime.batching.slots import Slot, make_slots, pick_slot
 from edge_runtime.errors import ContextSizeError, EdgeRuntimeError, GenerationError, InvalidArgumentError
-from edge_runtime.generate import CancelToken, GenerationSettings, Reply, Stream, suggest_ctx
+from edge_runtime.generate import AdapterResolver, CancelToken, GenerationSettings, Reply, Stream, suggest_ctx
 from edge_runtime.metrics import Metrics
 from edge_runtime.prompt_plan import MediaSpan, PromptPlan
 
@@ -52,6 +52,7 @@ class _Request:
     cancel: CancelToken
     stream: Stream
     keys: list[int] = field(default_factory=list)
+    lora: tuple = ()  # the adapter set it runs with: never batched with another set
     out: "queue.SimpleQueue[object]" = field(default_factory=queue.SimpleQueue)
     t_start: float = field(default_factory=time.perf_counter)
     slot: Slot | None = None
@@ -70,9 +71,11 @@ class BatchEngine:
     Same interface as `Generator.stream`; thread-safe. Close it before the context.
     """
 
-    def __init__(self, model: LlamaModel, ctx: LlamaContext, *, prefill_chunk: int = PREFILL_CHUNK) -> None:
+    def __init__(self, model: LlamaModel, ctx: LlamaContext, *, prefill_chunk: int = PREFILL_CHUNK,
+                 adapters: AdapterResolver | None = None) -> None:
         self.model = model
         self.ctx = ctx
+        self.adapters = adapters or AdapterResolver(ctx)
         self.slots = make_slots(ctx)
         self.prefill_chunk = max(1, min(prefill_chunk, ctx.params.n_batch))
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -121,7 +124,7 @@ class BatchEngine:
             )
         cancel = cancel or CancelToken()
         stream = Stream(iter(()), cancel)
-        request = _Request(plan, settings, cancel, stream, keys=plan.keys())
+        request = _Request(plan, settings, cancel, stream, keys=plan.keys(), lora=self.adapters.key(settings.lora))
         request.metrics.prompt_tokens = n
         stream._pieces = self._pieces(request)
         with self._cond:
@@ -215,16 +218,21 @@ class BatchEngine:
         request.out.put(exc)
 
     def _admit(self) -> None:
-        """Start waiting requests on free slots, in arrival order (calls wait for an idle engine)."""
+        """Start waiting requests on free slots, in arrival order (calls wait for an idle engine). The
+        adapter set changes only between requests: one under another set waits for the running ones."""
         while self._waiting and not self._calls:
             request = self._waiting[0]
+            if request.lora != self.adapters.current and not request.cancel.cancelled:
+                if self._running:
+                    return
+                self.adapters.apply(request.lora)
             if request.cancel.cancelled:
                 self._waiting.popleft()
                 request.stream.result = Reply.empty(request.metrics, "cancelled")
                 request.finished = True
                 request.out.put(_END)
                 continue
-            slot = pick_slot(self.slots, request.keys)
+            slot = pick_slot(self.slots, request.keys, request.lora)
             if slot is None:
                 return
             self._waiting.popleft()
@@ -238,6 +246,9 @@ class BatchEngine:
     def _start(self, request: _Request, slot: Slot) -> None:
         slot.busy = True
         request.slot = slot
+        if slot.lora != request.lora:  # its cache was made under other adapters
+            slot.cache.reset()
+            slot.lora = request.lora
         request.t_prompt = time.perf_counter()
         reuse = slot.cache.prepare(request.keys, request.plan.span_ranges())
         request.cursor = reuse.reused

@@ -25,6 +25,7 @@ class Slot:
     cache: PromptCache
     busy: bool = False
     last_used: float = field(default_factory=time.monotonic)
+    lora: tuple = ()  # the adapter set its cache was made under
 
     def release(self) -> None:
         self.busy = False
@@ -35,12 +36,13 @@ def make_slots(ctx: LlamaContext) -> list[Slot]:
     return [Slot(seq, PromptCache(ctx, seq=seq)) for seq in range(ctx.n_seq)]
 
 
-def pick_slot(slots: Sequence[Slot], keys: Sequence[int]) -> Slot | None:
-    """The idle slot for a prompt (its cache keys), or None when every slot is busy."""
+def pick_slot(slots: Sequence[Slot], keys: Sequence[int], lora: tuple = ()) -> Slot | None:
+    """The idle slot for a prompt (its cache keys, its adapter set), or None when every slot is busy.
+    A cache made under another adapter set shares nothing with the prompt."""
     idle = [s for s in slots if not s.busy]
     if not idle:
         return None
-    scored = [(common_prefix(s.cache.tokens, keys), s) for s in idle]
+    scored = [(common_prefix(s.cache.tokens, keys) if s.lora == lora else 0, s) for s in idle]
     worth = [(kept, s) for kept, s in scored if kept > 0 and kept >= len(s.cache.tokens) - kept]
     if worth:
         return max(worth, key=lambda item: (item[0], item[1].last_used))[1]

@@ -35,7 +35,8 @@ from edge_runtime.generate import Stream, aiter_stream
 from edge_runtime.model import Model
 from edge_runtime.server.access_log import AccessLog
 from edge_runtime.server.auth import authorized
-from edge_runtime.server.requests import ChatJob, CompletionJob, RequestError, parse_chat, parse_completion, parse_json_body
+from edge_runtime.server.requests import (ChatJob, CompletionJob, RequestError, parse_chat, parse_completion,
+                                         parse_json_body, parse_lora)
 from edge_runtime.server.responses import CHAT, COMPLETION, ResponseBuilder, error_body, sse
 from edge_runtime.server.alerts import AlertRules, Alerts
 from edge_runtime.server.keys import ApiKey, KeyLimits, Refused, key_hash
@@ -308,6 +309,12 @@ def build_app(state: ServerState) -> Starlette:
         if state.alerts is not None and path.startswith("/v1/") and path != "/v1/alerts":
             state.alerts.observe_request(status)
 
+    async def lora_adapters(request: Request) -> Response:
+        require_key(request)
+        scales = state.model.adapters
+        return JSONResponse([{"id": i, "path": p, "scale": scales.get(p, 0.0)}
+                             for i, p in enumerate(state.model.loaded_adapters)])
+
     async def models(request: Request) -> Response:
         require_key(request)
         return JSONResponse({"object": "list", "data": [
@@ -318,6 +325,8 @@ def build_app(state: ServerState) -> Starlette:
             key = require_key(request)
             body = parse_json_body(await _read_body(request, settings))
             job = parse(body, settings.max_tokens, settings.media_dir)
+            if "lora" in body:
+                job.settings = job.settings.replace(lora=parse_lora(body["lora"], state.model.loaded_adapters))
             streaming = body.get("stream", False)
             if not isinstance(streaming, bool):
                 raise RequestError(f"stream must be true or false, not {streaming!r}")
@@ -350,6 +359,7 @@ def build_app(state: ServerState) -> Starlette:
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/lora-adapters", lora_adapters, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/alerts", alerts, methods=["GET"]),
         Route("/v1/completions", generation(COMPLETION, parse_completion), methods=["POST"]),

@@ -317,6 +317,25 @@ class ChatJob:
         return session.send(None)
 
 
+def parse_lora(value: Any, loaded: list[str]) -> tuple[tuple[str, float], ...]:
+    """A request's `lora` field, as llama-server takes it: [{"id": N, "scale": S}, ...] over the adapters
+    loaded at start (GET /lora-adapters); the ones it leaves out do not apply."""
+    if not isinstance(value, list):
+        raise RequestError('lora must be a list of {"id": N, "scale": S}')
+    spec = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) - {"id", "scale"} or "id" not in item:
+            raise RequestError(f'lora items are {{"id": N, "scale": S}}, not {item!r}')
+        i, scale = item["id"], item.get("scale", 1.0)
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(loaded):
+            raise RequestError(f"lora id {i!r} is not one of the {len(loaded)} adapters the server loaded "
+                               "(GET /lora-adapters)")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+            raise RequestError(f"lora scale must be a finite number, not {scale!r}")
+        spec.append((loaded[i], float(scale)))
+    return tuple(spec)
+
+
 def parse_completion(body: dict[str, Any], max_tokens: int, media_dir: Path | None = None) -> CompletionJob:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
