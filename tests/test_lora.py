@@ -251,3 +251,20 @@ def test_server_lists_adapters_and_takes_a_per_request_set(base, tmp_path, sampl
             assert model.generate(prompt, max_tokens=6, temperature=0).text == got
     assert all(_close(sampled_logits[i], sampled_logits[3 + i]) for i in range(3))  # requests 0-2, library 3-5
     assert not _close(sampled_logits[0], sampled_logits[1]) and not _close(sampled_logits[1], sampled_logits[2])
+
+
+def test_the_assistant_loads_its_text_model_with_adapters(base, tmp_path):
+    import argparse
+
+    from edge_runtime.audio.cli import _load_text_model
+
+    ckpt, gguf_path = base
+    make_adapter(ckpt, tmp_path / "as")
+    adapter = str(convert_lora(tmp_path / "as", ckpt, tmp_path / "as.gguf", progress=False).path)
+    args = argparse.Namespace(text_model=str(gguf_path), threads=None, rpc=None, rpc_split=None, rpc_key_file=None,
+                              lora=[f"{adapter}:0.25"])
+    with _load_text_model(args) as model:
+        assert model.adapters == {adapter: 0.25}
+    args.lora = [str(gguf_path)]
+    with pytest.raises(InvalidArgumentError, match="not a LoRA adapter"):
+        _load_text_model(args)

@@ -75,8 +75,11 @@ def _load_text_model(args: argparse.Namespace):
     from edge_runtime.model import load_model
     from edge_runtime.rpc.cli import rpc_settings
 
+    from edge_runtime.lora.adapters import parse_lora_arg
+
     overrides = {"n_threads": args.threads} if args.threads else {}
-    return load_model(args.text_model, rpc=rpc_settings(args), **overrides)
+    lora = tuple(parse_lora_arg(x) for x in getattr(args, "lora", []))
+    return load_model(args.text_model, rpc=rpc_settings(args), lora=lora, **overrides)
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
@@ -295,5 +298,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--system", help="system prompt")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a GGUF LoRA adapter for the text model (edge-runtime convert-lora; repeatable)")
     add_rpc_options(p)
     p.set_defaults(func=cmd_assistant)
