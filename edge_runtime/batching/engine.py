@@ -225,7 +225,11 @@ class BatchEngine:
             if request.lora != self.adapters.current and not request.cancel.cancelled:
                 if self._running:
                     return
-                self.adapters.apply(request.lora)
+                try:
+                    self.adapters.apply(request.lora)
+                except BaseException as exc:  # an adapter that cannot load fails its own request only
+                    self._fail_waiting(self._waiting.popleft(), exc)
+                    continue
             if request.cancel.cancelled:
                 self._waiting.popleft()
                 request.stream.result = Reply.empty(request.metrics, "cancelled")
