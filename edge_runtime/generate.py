@@ -125,6 +125,21 @@ def suggest_ctx(positions: int) -> int:
     return (positions // 256 + 2) * 256
 
 
+def checked_plan(prompt: Sequence[int] | PromptPlan, settings: GenerationSettings, n_ctx: int,
+                 holds: str) -> PromptPlan:
+    """The prompt as a plan, once the settings are valid and it fits `n_ctx` (`holds` says whose)."""
+    settings.validate()
+    plan = prompt if isinstance(prompt, PromptPlan) else PromptPlan.of_tokens(prompt)
+    n = len(plan)
+    if not n:
+        raise InvalidArgumentError("the prompt is empty")
+    if n >= n_ctx:
+        what = "positions with its media" if plan.has_media else "tokens"
+        raise ContextSizeError(f"the prompt takes {n} {what} but {holds} {n_ctx}; shorten the prompt or load the "
+                               f"model with --ctx {suggest_ctx(n)} or more")
+    return plan
+
+
 class AdapterResolver:
     """Which LoRA adapters a call runs with, and applying a set to the context when it changes.
     `load` turns (path, scale) pairs into loaded adapters; `default` is the model's own set."""
@@ -246,17 +261,7 @@ class Generator:
         self, prompt: Sequence[int] | PromptPlan, settings: GenerationSettings, cancel: CancelToken | None = None
     ) -> Stream:
         """Stream the reply to `prompt`: token ids, or a plan mixing tokens with media spans."""
-        settings.validate()
-        plan = prompt if isinstance(prompt, PromptPlan) else PromptPlan.of_tokens(prompt)
-        n = len(plan)
-        if not n:
-            raise InvalidArgumentError("the prompt is empty")
-        if n >= self.ctx.n_ctx:
-            what = "positions with its media" if plan.has_media else "tokens"
-            raise ContextSizeError(
-                f"the prompt takes {n} {what} but the context holds {self.ctx.n_ctx}; "
-                f"shorten the prompt or load the model with --ctx {suggest_ctx(n)} or more"
-            )
+        plan = checked_plan(prompt, settings, self.ctx.n_ctx, "the context holds")
         cancel = cancel or CancelToken()
         stream = Stream(iter(()), cancel)
         stream._pieces = self._run(plan, settings, cancel, stream)

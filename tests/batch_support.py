@@ -12,6 +12,8 @@ for bit on a model whose kernels do not depend on the batch.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 NEAR_TIE = 1.0  # top-2 logit margin below which rounding may pick either token
@@ -36,3 +38,10 @@ def check_same_or_near_tie(reference, prompt: str, got_text: str, want_tokens: l
     assert margin < NEAR_TIE, (f"{prompt!r}: the batched reply parts at token {i} where the model was sure "
                                f"(margin {margin:.2f}): {got_text!r} vs {want_text!r}")
     return False
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting until {what}"
+        time.sleep(0.01)

@@ -26,3 +26,27 @@ def model(default_model_path):
 
     with load_model(default_model_path, n_ctx=2048, flash_attn=False) as m:
         yield m
+
+
+@pytest.fixture
+def sampled_logits(monkeypatch):
+    """The top logits every sampling step saw, by sampler in creation order (requests start in arrival order)."""
+    import numpy as np
+
+    from edge_runtime.backend import core
+
+    seen: dict[int, list[np.ndarray]] = {}
+    made = iter(range(10**6))
+    init, sample = core.Sampler.__init__, core.Sampler.sample
+
+    def tagged_init(self, model, params):
+        init(self, model, params)
+        self.tag = next(made)
+
+    def recording_sample(self, ctx, index=-1):
+        seen.setdefault(self.tag, []).append(np.sort(ctx.logits(index))[-8:])
+        return sample(self, ctx, index)
+
+    monkeypatch.setattr(core.Sampler, "__init__", tagged_init)
+    monkeypatch.setattr(core.Sampler, "sample", recording_sample)
+    return seen

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 
 import pytest
 
@@ -19,7 +18,7 @@ from edge_runtime.errors import ContextSizeError, GenerationError
 from edge_runtime.hardware import CpuInfo, detect_cpu
 from edge_runtime.settings import RuntimeSettings, auto_parallel, resolve
 
-from batch_support import check_same_or_near_tie
+from batch_support import check_same_or_near_tie, wait_until as _wait
 
 GREEDY = GenerationSettings(temperature=0, max_tokens=32)
 PROMPTS = [f"The capital of country number {i} is" for i in range(6)] + [
@@ -38,13 +37,6 @@ def batched(default_model_path):
 def single(default_model_path):
     with load_model(default_model_path, n_ctx=512) as m:
         yield m
-
-
-def _wait(condition, what: str, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting until {what}"
-        time.sleep(0.01)
 
 
 def test_generate_many_equals_one_at_a_time(batched, single):
@@ -165,30 +157,6 @@ def test_parallel_is_chosen_from_cores_and_memory():
     assert isinstance(cpu, CpuInfo)
     with pytest.raises(Exception, match="parallel must be from 1 to 256"):
         resolve(RuntimeSettings(parallel=0), trained_ctx=None, cpu=cpu)
-
-
-@pytest.fixture
-def sampled_logits(monkeypatch):
-    """The top logits every sampling step saw, by sampler in creation order (requests start in arrival order)."""
-    import numpy as np
-
-    from edge_runtime.backend import core
-
-    seen: dict[int, list[np.ndarray]] = {}
-    made = iter(range(10**6))
-    init, sample = core.Sampler.__init__, core.Sampler.sample
-
-    def tagged_init(self, model, params):
-        init(self, model, params)
-        self.tag = next(made)
-
-    def recording_sample(self, ctx, index=-1):
-        seen.setdefault(self.tag, []).append(np.sort(ctx.logits(index))[-8:])
-        return sample(self, ctx, index)
-
-    monkeypatch.setattr(core.Sampler, "__init__", tagged_init)
-    monkeypatch.setattr(core.Sampler, "sample", recording_sample)
-    return seen
 
 
 def _same_logits(seen, n: int, labels) -> None:

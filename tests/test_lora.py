@@ -16,8 +16,6 @@ from edge_runtime import load_model
 from edge_runtime.errors import ConversionError, InvalidArgumentError
 from edge_runtime.lora.convert import convert_lora
 
-from test_batching import sampled_logits  # noqa: F401 (fixture)
-
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 import urllib.request
 
 import openai
@@ -15,7 +14,7 @@ import pytest
 from edge_runtime import load_model
 from edge_runtime.server import OpenAIServer, ServerSettings
 
-from batch_support import check_same_or_near_tie
+from batch_support import check_same_or_near_tie, wait_until as _wait
 
 KEY = "batch-key"
 PROMPTS = [f"Item {i}: the {w} of the" for i in range(10) for w in ("colour", "size", "name", "history", "price")]
@@ -42,13 +41,6 @@ def sync_client(server) -> openai.OpenAI:
 
 def async_client(server) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
-
-
-def _wait(condition, what: str, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting until {what}"
-        time.sleep(0.01)
 
 
 def test_fifty_concurrent_streams_equal_the_same_requests_one_at_a_time(server, reference):

@@ -22,8 +22,8 @@ from typing import Callable, Iterator, Sequence
 
 from edge_runtime.backend.core import LlamaContext, LlamaModel, Sampler
 from edge_runtime.batching.slots import Slot, make_slots, pick_slot
-from edge_runtime.errors import ContextSizeError, EdgeRuntimeError, GenerationError, InvalidArgumentError
-from edge_runtime.generate import AdapterResolver, CancelToken, GenerationSettings, Reply, Stream, suggest_ctx
+from edge_runtime.errors import EdgeRuntimeError, GenerationError
+from edge_runtime.generate import AdapterResolver, CancelToken, GenerationSettings, Reply, Stream, checked_plan
 from edge_runtime.metrics import Metrics
 from edge_runtime.prompt_plan import MediaSpan, PromptPlan
 
@@ -111,17 +111,8 @@ class BatchEngine:
         self, prompt: Sequence[int] | PromptPlan, settings: GenerationSettings, cancel: CancelToken | None = None
     ) -> Stream:
         """Queue a generation; its pieces arrive on the returned Stream as the engine produces them."""
-        settings.validate()
-        plan = prompt if isinstance(prompt, PromptPlan) else PromptPlan.of_tokens(prompt)
+        plan = checked_plan(prompt, settings, self.ctx.n_ctx, f"each of the {self.n_slots} slots holds")
         n = len(plan)
-        if not n:
-            raise InvalidArgumentError("the prompt is empty")
-        if n >= self.ctx.n_ctx:
-            what = "positions with its media" if plan.has_media else "tokens"
-            raise ContextSizeError(
-                f"the prompt takes {n} {what} but each of the {self.n_slots} slots holds {self.ctx.n_ctx}; "
-                f"shorten the prompt or load the model with --ctx {suggest_ctx(n)} or more"
-            )
         cancel = cancel or CancelToken()
         stream = Stream(iter(()), cancel)
         request = _Request(plan, settings, cancel, stream, keys=plan.keys(), lora=self.adapters.key(settings.lora))
