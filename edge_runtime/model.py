@@ -367,7 +367,10 @@ class Model:
                 for cache in self._caches():
                     cache.tokens = []
 
-        return self.generator.call(run) if isinstance(self.generator, BatchEngine) else run()
+        if isinstance(self.generator, BatchEngine):
+            return self.generator.call(run)
+        with self.generator._lock:
+            return run()
 
     def _caches(self) -> list:
         if isinstance(self.generator, BatchEngine):
