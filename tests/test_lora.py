@@ -82,12 +82,30 @@ def test_adapter_logits_equal_transformers_and_peft_at_scale_1_and_half(base, tm
 def test_rslora_and_alpha_pattern_are_scaled_as_peft_does(base, tmp_path, tmp_path_factory):
     ckpt, gguf_path = base
     tokens = reference_tokens(tmp_path_factory)
-    ref = make_adapter(ckpt, tmp_path / "rs", r=4, alpha=8, seed=2, use_rslora=True, alpha_pattern={"q_proj": 32})
+    ref = make_adapter(ckpt, tmp_path / "rs", r=4, alpha=8, seed=2, use_rslora=True, alpha_pattern={"q_proj": 32},
+                       rank_pattern={"down_proj": 2})
     convert_lora(tmp_path / "rs", gguf_path, tmp_path / "rs.gguf", "f16", progress=False)  # base given as GGUF
     with load_model(gguf_path, n_ctx=256, flash_attn=False, lora=((str(tmp_path / "rs.gguf"), 1.0),)) as model:
         got = model.logits(tokens)
     want = peft_logits(ref, tokens)
     assert abs(got - want).max() < 5e-3 * abs(want).max()  # f16 adapter
+
+
+def test_gemma2_adapter_and_one_for_another_architecture(base, tmp_path, tmp_path_factory):
+    """Gemma 2 (soft-capping, its own layer names) through the same tables; its adapter is refused by a
+    Gemma 3 model before llama.cpp sees it."""
+    ckpt2 = tiny_checkpoint(tmp_path_factory, "gemma2")
+    tokens = reference_tokens(tmp_path_factory)
+    ref = make_adapter(ckpt2, tmp_path / "g2", seed=4)
+    adapter = convert_lora(tmp_path / "g2", ckpt2, tmp_path / "g2.gguf", progress=False)
+    assert adapter.architecture == "gemma2"
+    with load_model(converted(tmp_path_factory, ckpt2, "f32"), n_ctx=256, flash_attn=False,
+                    lora=((str(adapter.path), 1.0),)) as model:
+        got = model.logits(tokens)
+    want = peft_logits(ref, tokens)
+    assert abs(got - want).max() < 1e-3 * abs(want).max()
+    with load_model(base[1], n_ctx=256) as gemma3, pytest.raises(InvalidArgumentError, match="adapter for gemma2"):
+        gemma3.set_adapters({adapter.path: 1.0})
 
 
 def test_chat_keeps_working_across_a_swap_and_the_cache_is_not_reused(base, tmp_path):
