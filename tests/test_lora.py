@@ -284,3 +284,30 @@ def test_the_assistant_loads_its_text_model_with_adapters(base, tmp_path):
     args.lora = [str(gguf_path)]
     with pytest.raises(InvalidArgumentError, match="not a LoRA adapter"):
         _load_text_model(args)
+
+
+def test_a_multimodal_checkpoints_adapter(tmp_path, tmp_path_factory):
+    """PEFT on Gemma3ForConditionalGeneration names the text layers `model.language_model.layers.N`: mapped
+    by the converter's own prefixes; text logits equal transformers + peft."""
+    import transformers
+
+    from convert_support import tiny_gemma3_vision_checkpoint
+
+    ckpt = tiny_gemma3_vision_checkpoint(tmp_path_factory)
+    tokens = reference_tokens(tmp_path_factory)
+    torch.manual_seed(5)
+    ref = peft.get_peft_model(transformers.AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.float32),
+                              peft.LoraConfig(r=8, lora_alpha=16,
+                                              target_modules=r".*language_model.*\.(q_proj|v_proj|down_proj)"))
+    with torch.no_grad():
+        for name, param in ref.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.2)
+    ref.save_pretrained(tmp_path / "mm")
+    adapter = convert_lora(tmp_path / "mm", ckpt, tmp_path / "mm.gguf", progress=False)
+    assert adapter.tensors == 4 * 3
+    with load_model(converted(tmp_path_factory, ckpt, "f32"), n_ctx=256, flash_attn=False,
+                    lora=((str(adapter.path), 1.0),)) as model:
+        got = model.logits(tokens)
+    want = peft_logits(ref, tokens)
+    assert abs(got - want).max() < 1e-3 * abs(want).max()
