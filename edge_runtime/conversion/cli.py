@@ -71,7 +71,7 @@ def _preset_table(counts: tuple[int, int, int] | None) -> str:
 def cmd_convert(args: argparse.Namespace) -> int:
     from edge_runtime.conversion.convert import PlanSummary, convert_checkpoint
     from edge_runtime.conversion.verify import describe
-    from edge_runtime.lora.merge import parse_merge_arg
+    from edge_runtime.lora.adapters import parse_lora_arg
 
     def show_presets(plan: PlanSummary) -> None:  # before the work, from the planned tensors
         if args.preset and not args.json:
@@ -82,7 +82,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     result = convert_checkpoint(
         args.src, args.output, outtype, preset=args.preset, imatrix=args.imatrix, verify=args.verify,
         progress=not args.no_progress and sys.stderr.isatty(), n_threads=args.threads, on_plan=show_presets,
-        lora=[parse_merge_arg(x) for x in args.lora],
+        lora=[parse_lora_arg(x) for x in args.lora],
     )
     m = result.manifest
     if args.json:

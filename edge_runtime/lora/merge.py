@@ -20,13 +20,6 @@ from edge_runtime.errors import ConversionError
 from edge_runtime.lora.peft import LoraPair, read_adapter
 
 
-def parse_merge_arg(text: str) -> tuple[str, float]:
-    """`ADAPTER_DIR[:SCALE]` -> (folder, scale)."""
-    from edge_runtime.lora.adapters import parse_lora_arg
-
-    return parse_lora_arg(text)
-
-
 def merge_into_plan(plan: ModelPlan, adapters: Sequence[tuple[str | os.PathLike[str], float]],
                     stack: contextlib.ExitStack) -> int:
     """Wrap the loaders of every adapted tensor of `plan`; the adapters stay open on `stack`.
