@@ -3,6 +3,9 @@
 10 s clip, same run. Each engine runs in its own child process so its peak RSS is its own.
 
 Reports ms per second of audio and peak RSS, and the ratios ours / torch (target: f32 at most 0.5x in both).
+It also reports the f32 arithmetic floor: the encoder's MatMul FLOPs (counted from onnxruntime's
+profile of one run) at the best rate onnxruntime's f32 MatMul reaches here on the encoder's
+largest shape, i.e. the time f32 cannot beat on this CPU however little else the graph does.
 
     python tools/bench_gemma3n_audio.py [--seconds 10] [--threads 2] [--repeat 3] [--work DIR]
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -102,6 +106,59 @@ def child(engine: str, ckpt: Path, model: Path, seconds: float, threads: int, re
             "peak_rss_mb": peak_rss_mb()}
 
 
+def floor_child(model: Path, seconds: float, threads: int) -> dict:
+    """MatMul FLOPs of one encoder run (shapes from onnxruntime's profile) and the best f32 MatMul rate."""
+    import onnxruntime as ort
+
+    from edge_runtime.audio.gemma3n_features import Gemma3nFeatureExtractor
+
+    feats = Gemma3nFeatureExtractor().clip(clip(seconds))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "bench_g3n_profile")
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"input_features": feats.mel[None], "input_features_mask": feats.mask[None]})
+    profile = Path(session.end_profiling())
+    flops, widest = 0, (0, 0, 0)
+    for event in json.loads(profile.read_text()):
+        args = event.get("args", {})
+        if event.get("cat") != "Node" or args.get("op_name") != "MatMul" or "output_type_shape" not in args:
+            continue
+        # the profile lists the inputs that are not weights: a Linear shows only its activation
+        a, out = (next(iter(d.values())) for d in (args["input_type_shape"][0], args["output_type_shape"][0]))
+        flops += 2 * math.prod(out) * a[-1]
+        if len(args["input_type_shape"]) == 1 and a[-1] * out[-1] > widest[1] * widest[2]:
+            widest = (math.prod(a[:-1]), a[-1], out[-1])
+    profile.unlink(missing_ok=True)
+    del session
+    return {"matmul_gflop": flops / 1e9, "shape": widest, "peak_gflops": matmul_peak(*widest, threads)}
+
+
+def matmul_peak(m: int, k: int, n: int, threads: int, repeat: int = 10) -> float:
+    """GFLOP/s of onnxruntime's f32 MatMul on one [m, k] x [k, n] product (best of `repeat`)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array((0.02 * rng.standard_normal((k, n))).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+                                   .SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    session.run(None, {"x": x})
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        session.run(None, {"x": x})
+        best = min(best, time.perf_counter() - t0)
+    return 2 * m * k * n / best / 1e9
+
+
 def peak_rss_mb() -> float:
     """This process's own peak RSS (VmHWM: ru_maxrss would carry the parent's peak across exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -120,6 +177,9 @@ def main() -> int:
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child == "floor":
+        print(json.dumps(floor_child(Path(args.model), args.seconds, args.threads)))
+        return 0
     if args.child:
         print(json.dumps(child(args.child, Path(args.ckpt), Path(args.model or "."), args.seconds, args.threads,
                                args.repeat)))
@@ -158,6 +218,13 @@ def main() -> int:
             print(f"{engine:<10} {row['ms_per_audio_s']:>10.1f} {row['peak_rss_mb']:>12.0f} "
                   f"{row['ms_per_audio_s'] / torch_row['ms_per_audio_s']:>7.2f} "
                   f"{row['peak_rss_mb'] / torch_row['peak_rss_mb']:>6.2f} {err:>8.1e}")
+        cmd = [sys.executable, __file__, "--child", "floor", "--model", str(models["onnx-f32"]),
+               "--seconds", str(args.seconds), "--threads", str(args.threads)]
+        floor = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        floor_ms = 1000 * floor["matmul_gflop"] / floor["peak_gflops"] / args.seconds
+        print(f"f32 floor: {floor['matmul_gflop']:.0f} GFLOP of MatMul per clip at onnxruntime's best f32 MatMul "
+              f"here ({floor['peak_gflops']:.0f} GFLOP/s on {'x'.join(map(str, floor['shape']))}) = "
+              f"{floor_ms:.0f} ms per audio s with nothing else = {floor_ms / torch_row['ms_per_audio_s']:.2f}x torch")
     return 0
 
 

@@ -10,8 +10,9 @@ op for op:
   positions and a logit soft cap, light convolution (GLU, causal depthwise conv),
   half-step FFN, RMSNorm; the overlapping key windows are cut from two shifted
   slices of one reshape;
-- time reduction `[:, ::4]`, then the multimodal embedder (soft-embedding norm,
-  projection, scale-free norm); frames marked invalid get the padding row.
+- time reduction `[:, ::4]` (applied inside the last block, after its depthwise
+  convolution: the rest of the block works step by step), then the multimodal embedder
+  (soft-embedding norm, projection, scale-free norm); frames marked invalid get the padding row.
 
 Inputs: `input_features` [1, T, 128] float32 (log-mel, `audio.gemma3n_features`) and
 `input_features_mask` [1, T] bool (True where the frame holds audio). Outputs:
@@ -174,11 +175,12 @@ def build_graph(b, cfg: AudioEncoderConfig, w: _Weights, on_layer=None):
     valid = b.op("Cast", [b.op("Gather", [mask, idx], axis=1)], to=TensorProto.FLOAT)  # [1, S]
 
     for layer in range(cfg.n_layers):
-        x = _conformer_block(b, cfg, w, x, valid, steps, f"{PREFIX}conformer.{layer}.", f"l{layer}")
+        last = layer == cfg.n_layers - 1  # the time reduction happens inside the last block
+        x = _conformer_block(b, cfg, w, x, valid, steps, f"{PREFIX}conformer.{layer}.", f"l{layer}",
+                             keep_every=cfg.reduction if last else 1)
         if on_layer:
             on_layer(layer)
 
-    x = b.slice(x, 1, 0, 2**62, cfg.reduction)
     valid = b.slice(valid, 1, 0, 2**62, cfg.reduction)
     projection = b.weight("embedding_projection", w(EMBEDDER + "embedding_projection.weight").T)
     soft = b.rms_norm(x, w(EMBEDDER + "soft_embedding_norm.weight"), cfg.rms_eps, "soft_norm")
@@ -286,7 +288,13 @@ def _attention(b, cfg: AudioEncoderConfig, w: _Weights, x: str, valid: str, step
 
 
 def _conformer_block(b, cfg: AudioEncoderConfig, w: _Weights, x: str, valid: str, steps: str, p: str,
-                     name: str) -> str:
+                     name: str, keep_every: int = 1) -> str:
+    """One conformer block; with keep_every > 1 only every keep_every-th step leaves it.
+
+    Everything after the depthwise convolution works step by step, so the last block applies
+    the encoder's time reduction there and runs linear_end and the second FFN (about 3% of the
+    encoder's arithmetic) on the kept steps only.
+    """
     x = _ffn(b, cfg, w, x, p + "ffw_layer_start.", name + "_ffn1")
     a = p + "attention."
     y = b.rms_norm(b.clip(x, cfg.clip), w(a + "pre_attn_norm.weight"), 1e-6, name + "_attn_pre")
@@ -306,6 +314,8 @@ def _conformer_block(b, cfg: AudioEncoderConfig, w: _Weights, x: str, valid: str
     y = b.clip(b.op("Transpose", [y], perm=[0, 2, 1]), cfg.clip)
     y = b.rms_norm(y, w(c + "conv_norm.weight"), cfg.rms_eps, name + "_conv_norm")
     y = b.op("Mul", [y, b.op("Sigmoid", [y])])
+    if keep_every > 1:
+        x, y = b.slice(x, 1, 0, 2**62, keep_every), b.slice(y, 1, 0, 2**62, keep_every)
     x = b.op("Add", [x, b.linear(y, w(c + "linear_end.weight"), name + "_conv_end")])
 
     x = _ffn(b, cfg, w, x, p + "ffw_layer_end.", name + "_ffn2")

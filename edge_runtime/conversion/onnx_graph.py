@@ -103,9 +103,13 @@ class GraphBuilder:
         return self.op("MatMul", [x, self.weight(name, np.asarray(weight).T)])
 
     def rms_norm(self, x: str, weight: np.ndarray | None, eps: float, name: str) -> str:
-        """x * (mean(x^2) + eps)^-0.5 (* weight): Gemma 3n's RMSNorm, the weight used as is."""
-        mean = self.op("ReduceMean", [self.op("Mul", [x, x]), self.ints(-1)], keepdims=1)
-        y = self.op("Mul", [x, self.op("Pow", [self.op("Add", [mean, self.const(eps)]), self.const(-0.5)])])
+        """x / sqrt(mean(x^2) + eps) (* weight): Gemma 3n's RMSNorm, the weight used as is.
+
+        Written as the pattern onnxruntime fuses into one SimplifiedLayerNormalization kernel
+        (Pow 2, ReduceMean, Add, Sqrt, Div, Mul by the weight).
+        """
+        mean = self.op("ReduceMean", [self.op("Pow", [x, self.const(2.0)]), self.ints(-1)], keepdims=1)
+        y = self.op("Div", [x, self.op("Sqrt", [self.op("Add", [mean, self.const(eps)])])])
         return y if weight is None else self.op("Mul", [y, self.weight(name, weight)])
 
     def clip(self, x: str, limit: float) -> str:
