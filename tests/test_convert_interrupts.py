@@ -94,6 +94,21 @@ def test_files_left_by_a_killed_run_are_removed_by_the_next(real, tiny, tmp_path
     assert "left by an interrupted run" in caplog.text
 
 
+def test_a_quantizer_whose_parent_is_killed_stops_and_removes_its_output(real, tmp_path):
+    proc = start("convert", str(real), "-o", str(tmp_path / "out.gguf"), "--outtype", "Q4_K_M", "--no-progress")
+    wait_for(lambda: children(proc.pid), "the quantizer process started", proc)
+    quantizer = children(proc.pid)[0]
+    output = tmp_path / f".out.gguf.{proc.pid}.tmp"  # the atomic write's temporary, filled by the quantizer
+    wait_for(lambda: output.exists() and output.stat().st_size > 0, "the quantizer is writing its output", proc)
+    proc.kill()
+    proc.wait()
+    end = time.monotonic() + 10
+    while Path(f"/proc/{quantizer}").exists() and "zombie" not in Path(f"/proc/{quantizer}/status").read_text():
+        assert time.monotonic() < end, "the quantizer ran on after its parent was killed"
+        time.sleep(0.05)
+    assert not output.exists()  # the killed parent's scratch copy stays: the next run removes it (test above)
+
+
 def _file_size_limit(limit: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead

@@ -9,6 +9,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +123,7 @@ def _child_main(argv: list[str]) -> int:
     """`python -m edge_runtime.backend.quantize SRC DST FTYPE THREADS MAX_BUF_MIB [IMATRIX.npz]`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates us when interrupted
     src, dst, ftype, n_threads, max_buf_mib = argv[:5]
+    _exit_with_parent(os.getppid(), Path(dst))
     imatrix = None
     if len(argv) > 5:
         with np.load(argv[5], allow_pickle=True) as data:
@@ -132,6 +135,22 @@ def _child_main(argv: list[str]) -> int:
         print(exc, file=sys.stderr)
         return 1
     return 0
+
+
+def _exit_with_parent(parent: int, dst: Path) -> None:
+    """End this process (and remove its half-written output) when the parent is gone.
+
+    A parent killed outright (SIGKILL, the OOM killer) cannot stop us; without this the
+    quantizer would run on for minutes, unseen, and finish a file nobody renames. ctypes
+    releases the GIL during llama_model_quantize, so the watch runs beside it.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+        dst.unlink(missing_ok=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _quantize_here(src: str, dst: str, ftype: int, n_threads: int,
