@@ -219,3 +219,19 @@ def test_images_in_batched_prompts_give_the_logits_of_one_at_a_time(tmp_path_fac
     assert [r.metrics.prompt_tokens for r in batched] == [r.metrics.prompt_tokens for r in alone]
     _same_logits(sampled_logits, len(prompts), prompts)
     assert abs(np.array(sampled_logits[0]) - np.array(sampled_logits[1])).max() > 0.05  # the image shows
+
+
+def test_a_reply_that_fills_its_slot_ends_with_length(batched, single):
+    """A slot's window is its n_ctx: the reply stops there (llama-server without --context-shift), and the
+    other streams and the next request go on; one slot shifts its window instead and goes on."""
+    prompt = "Once upon a time " * 40
+    settings = GenerationSettings(temperature=0, max_tokens=600)  # more than the 512-position window holds
+    full, short = batched.generate_many([prompt, "Hello"], settings)
+    n_ctx = batched.n_ctx
+    assert full.finish_reason == "length"
+    # every cell of the window used; the last token sampled needs none
+    assert full.metrics.prompt_tokens + full.metrics.generated_tokens == n_ctx + 1
+    assert short.finish_reason in ("length", "stop") and short.metrics.generated_tokens > 0
+    assert batched.generate("The sky is", GREEDY).metrics.generated_tokens == GREEDY.max_tokens
+    alone = single.generate(prompt, settings)
+    assert alone.metrics.prompt_tokens + alone.metrics.generated_tokens > single.n_ctx

@@ -101,7 +101,8 @@ def quantize_model(
             np.savez(path, **{f"t{i}": v for i, v in enumerate(imatrix.values())},
                      names=np.array(list(imatrix), dtype=object))
             args.append(path)
-        env = {**os.environ, "EDGE_RUNTIME_ALLOW_REQUANTIZE": "1" if allow_requantize else "0"}
+        env = {**os.environ, "EDGE_RUNTIME_ALLOW_REQUANTIZE": "1" if allow_requantize else "0",
+               "EDGE_RUNTIME_QUANTIZE_PARENT": str(os.getpid())}
         child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         try:
             _, err = child.communicate()
@@ -123,7 +124,8 @@ def _child_main(argv: list[str]) -> int:
     """`python -m edge_runtime.backend.quantize SRC DST FTYPE THREADS MAX_BUF_MIB [IMATRIX.npz]`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates us when interrupted
     src, dst, ftype, n_threads, max_buf_mib = argv[:5]
-    _exit_with_parent(os.getppid(), Path(dst))
+    # the pid from the parent itself: one killed before we got here has already left getppid()
+    _exit_with_parent(int(os.environ.get("EDGE_RUNTIME_QUANTIZE_PARENT", os.getppid())), Path(dst))
     imatrix = None
     if len(argv) > 5:
         with np.load(argv[5], allow_pickle=True) as data:
