@@ -195,6 +195,29 @@ def test_chat_reuses_audio_turns(files, speech):
             assert res.metrics.reused_tokens >= SOFT + 1 and res.metrics.evaluated_prompt_tokens < 40
 
 
+def test_clips_in_batched_prompts_give_the_logits_of_one_at_a_time(files, speech, sampled_logits):
+    """`serve` decodes several streams together: Gemma 3n clips (encoder rows and the `<end_of_audio>` row
+    fed as embeddings, each span on its own) beside text streams see what they see one at a time."""
+    text_gguf, encoder = files
+    other = np.ascontiguousarray(speech[::-1])  # another clip of the same length
+    prompts = [[Audio(speech, sample_rate=SR), "What was said?"], "Once upon a time",
+               [Audio(other, sample_rate=SR), "What was said?"], "def fibonacci(n):"]
+    settings = GenerationSettings(temperature=0, max_tokens=8)
+    opts = dict(n_ctx=512, flash_attn=False, mmproj=encoder)
+    with load_model(text_gguf, parallel=4, **opts) as many, load_model(text_gguf, **opts) as one:
+        batched = many.generate_many(prompts, settings)
+        alone = [one.generate(p, settings) for p in prompts]
+        assert many.generator.stats.most_streams >= 2 and batched[0].metrics.media_encode_s > 0
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+    assert [r.metrics.prompt_tokens for r in batched] == [r.metrics.prompt_tokens for r in alone]
+    n = len(prompts)
+    for i in range(n):
+        got, want = np.array(sampled_logits[i]), np.array(sampled_logits[n + i])
+        assert got.shape == want.shape, prompts[i]
+        assert abs(got - want).max() < 5e-4, prompts[i]  # logits about 7; measured 8e-5 at most
+    assert abs(np.array(sampled_logits[0])[0] - np.array(sampled_logits[2])[0]).max() > 2e-3  # the clip shows
+
+
 def test_errors(checkpoint, files, tmp_path, default_model_path, speech):
     from edge_runtime.conversion.gemma3n_audio import convert_audio_encoder
 
