@@ -1,5 +1,5 @@
 """Gemma 3n audio encoder benchmark at the real E2B size (random weights, the real config): ours in onnxruntime
-(f32 and int8, written by `convert-mmproj -o audio.onnx`) against transformers' encoder in torch, on the same
+(f32, f16 and int8, written by `convert-mmproj -o audio.onnx`) against transformers' encoder in torch, on the same
 10 s clip, same run. Each engine runs in its own child process so its peak RSS is its own.
 
 Reports ms per second of audio and peak RSS, and the ratios ours / torch (target: f32 at most 0.5x in both).
@@ -194,7 +194,7 @@ def main() -> int:
             print("building the E2B-size random checkpoint ...", file=sys.stderr)
             build_checkpoint(ckpt)
         models = {}
-        for outtype in ("f32", "int8"):
+        for outtype in ("f32", "f16", "int8"):
             path = work / outtype / "audio.onnx"
             t0 = time.perf_counter()
             if not path.exists():
@@ -203,7 +203,7 @@ def main() -> int:
             print(f"convert {outtype}: {time.perf_counter() - t0:.1f} s, {size / 2**20:.0f} MiB", file=sys.stderr)
             models[f"onnx-{outtype}"] = path
         rows = {}
-        for engine in ("torch", "onnx-f32", "onnx-int8"):
+        for engine in ("torch", "onnx-f32", "onnx-f16", "onnx-int8"):
             cmd = [sys.executable, __file__, "--child", engine, "--ckpt", str(ckpt), "--model",
                    str(models.get(engine, "")), "--seconds", str(args.seconds), "--threads", str(args.threads),
                    "--repeat", str(args.repeat)]

@@ -330,9 +330,9 @@ def convert_audio_encoder(src: str | os.PathLike[str], out: str | os.PathLike[st
                           progress: bool = True) -> Path:
     """Write Gemma 3n's audio encoder and embedder from checkpoint folder `src` as ONNX model `out`.
 
-    outtype: f32, f16 (weights stored as f16, computed in f32) or int8 (onnxruntime's dynamic
-    quantization of the MatMul weights, one file). f32 and f16 weights sit in a data file beside
-    the model (`<out>.<tag>.data`), so models past protobuf's 2 GB limit are written too; the pair
+    outtype: f32, f16 (weights stored as f16: half the file; onnxruntime holds and computes them as
+    f32) or int8 (onnxruntime's dynamic quantization of the MatMul weights, one file). f32 and f16
+    weights sit in a data file beside the model (`<out>.<tag>.data`), so models past protobuf's 2 GB limit are written too; the pair
     appears atomically (the data first, then the model that names it).
     """
     import onnx
