@@ -332,8 +332,9 @@ def convert_audio_encoder(src: str | os.PathLike[str], out: str | os.PathLike[st
 
     outtype: f32, f16 (weights stored as f16: half the file; onnxruntime holds and computes them as
     f32) or int8 (onnxruntime's dynamic quantization of the MatMul weights, one file). f32 and f16
-    weights sit in a data file beside the model (`<out>.<tag>.data`), so models past protobuf's 2 GB limit are written too; the pair
-    appears atomically (the data first, then the model that names it).
+    weights sit in a data file beside the model (`<out>.<tag>.data`), so models past protobuf's
+    2 GB limit are written too; the pair appears atomically (the data first, then the model that
+    names it).
     """
     import onnx
 
