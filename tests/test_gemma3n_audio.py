@@ -305,6 +305,33 @@ def test_listen_with_gemma3n(files, speech, tmp_path):
     assert len(finals) == 1 and finals[0].split("]", 1)[1].strip(), proc.stdout  # one utterance, transcribed
 
 
+def test_assistant_with_gemma3n_ears(files, speech, tmp_path, default_model_path):
+    """`assistant` hears through Gemma 3n (replayed speech, voice activity, the ONNX encoder) and answers with
+    the text model: the line it prints after "you:" begins as the gemma engine's transcript of the clip."""
+    import soundfile as sf
+
+    from edge_runtime.audio.gemma_audio import GemmaAudioSettings, GemmaSpeechEngine
+
+    text_gguf, encoder = files
+    wav = tmp_path / "ask.wav"
+    silence = np.zeros(SR, np.float32)
+    sf.write(wav, np.concatenate([silence, speech, silence, silence]), SR)
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime", "assistant", "--replay", str(wav), "--engine",
+                           "gemma", "--model", str(text_gguf), "--mmproj", str(encoder), "--text-model",
+                           str(default_model_path), "--max-tokens", "8", "--temperature", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    heard = [line[len("you: "):] for line in lines if line.startswith("you: ")]
+    answers = [line for line in lines if line.startswith("gemma: ")]
+    assert len(heard) == 1 and heard[0].strip() and len(answers) == 1 and len(answers[0]) > len("gemma: "), proc.stdout
+    with GemmaSpeechEngine(text_gguf, encoder, GemmaAudioSettings()) as engine:
+        segment = engine.transcribe_text(speech)
+    # the segment voice activity cut holds less silence than the whole clip: the random model's greedy text
+    # agrees for its first ~20 words here, and parts later
+    assert heard[0].split()[:3] == segment.split()[:3], (heard, segment)
+
+
 def test_cancelled_media_prompt_leaves_the_model_usable(files, speech):
     """Cancelled while the clip's rows are being evaluated (the abort check fires inside llama.cpp): the turn ends
     "cancelled", the cache keeps only what llama.cpp stored, and the next call answers as a fresh model does."""
