@@ -104,6 +104,15 @@ def test_encoder_equals_transformers(checkpoint, files, hf, speech, tmp_path):
     assert len(list(f32.parent.glob("audio.onnx.*.data"))) == 1
     assert [p.name for p in (tmp_path / "int8").iterdir()] == ["audio.onnx"]
     assert not [p for p in tmp_path.rglob(".*")]
+    # int8: every conformer matrix quantized; the first and last projections kept in f32
+    import onnx
+
+    int8 = onnx.load(str(outs["int8"]))
+    types = {t.name: t.data_type for t in int8.graph.initializer}
+    assert types["input_proj"] == types["embedding_projection"] == onnx.TensorProto.FLOAT
+    quantized = [n for n in types if n.endswith("_quantized") and types[n] == onnx.TensorProto.INT8]
+    layers = json.loads((checkpoint / "config.json").read_text())["audio_config"]["conf_num_hidden_layers"]
+    assert len(quantized) == 10 * layers  # per block: q, k, v, out, conv start and end, two FFNs' up and down
 
 
 def test_prompt_with_speech_equals_transformers(checkpoint, files, hf, speech):

@@ -323,6 +323,7 @@ def _conformer_block(b, cfg: AudioEncoderConfig, w: _Weights, x: str, valid: str
 
 
 OUTTYPES = ("f32", "f16", "int8")
+_INT8_KEEP_F32 = ("input_proj", "embedding_projection")
 KIND = "gemma3n-audio-encoder"
 
 
@@ -395,8 +396,11 @@ def _quantize(model, stage: Path, out: Path) -> None:
     from edge_runtime.conversion.writer import atomic_path
 
     matrices = {t.name for t in model.graph.initializer if len(t.dims) == 2}
-    # per-channel int8 needs a 2-D weight: the relative-position table (3-D) stays f32
-    keep = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in matrices]
+    # per-channel int8 needs a 2-D weight: the relative-position table (3-D) stays f32. So do the first and
+    # the last projection (1% of the arithmetic): with them in f32 the error to f32 drops by a sixth
+    # (max 7.3e-2 -> 6.0e-2 relative at E2B size) at no measurable cost in time
+    keep = [n.name for n in model.graph.node if n.op_type == "MatMul"
+            and (n.input[1] not in matrices or n.input[1] in _INT8_KEEP_F32)]
     onnx.save_model(model, str(stage))
     # the quantizer advises (on the root logger) a pre-processing pass meant for vision models: not for users
     advice = _DropMessage("Please consider to run pre-processing")
