@@ -40,6 +40,14 @@ def check_same_or_near_tie(reference, prompt: str, got_text: str, want_tokens: l
     return False
 
 
+def same_logits(seen: dict, n: int, labels, tol: float) -> None:
+    """Samplers 0..n-1 (batched) saw the top logits of samplers n..2n-1 (one at a time), within `tol`
+    (`seen`: the `sampled_logits` fixture's record)."""
+    for i in range(n):
+        got, want = np.array(seen[i]), np.array(seen[n + i])
+        assert got.shape == want.shape and abs(got - want).max() < tol, labels[i]
+
+
 def wait_until(condition, what: str, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while not condition():

@@ -18,9 +18,10 @@ from edge_runtime.errors import ContextSizeError, GenerationError
 from edge_runtime.hardware import CpuInfo, detect_cpu
 from edge_runtime.settings import RuntimeSettings, auto_parallel, resolve
 
-from batch_support import check_same_or_near_tie, wait_until as _wait
+from batch_support import check_same_or_near_tie, same_logits, wait_until as _wait
 
 GREEDY = GenerationSettings(temperature=0, max_tokens=32)
+TINY_TOL = 5e-3  # batched vs one-at-a-time logits of the tiny f32 Gemma 3 models (about 25)
 PROMPTS = [f"The capital of country number {i} is" for i in range(6)] + [
     "Once upon a time", "def fibonacci(n):", "Here is a list of fruits:", "The meaning of life is",
     "In 1969, the first", "My favourite recipe for bread",
@@ -159,15 +160,6 @@ def test_parallel_is_chosen_from_cores_and_memory():
         resolve(RuntimeSettings(parallel=0), trained_ctx=None, cpu=cpu)
 
 
-def _same_logits(seen, n: int, labels) -> None:
-    """Samplers 0..n-1 (batched) saw the logits of samplers n..2n-1 (one at a time), up to rounding."""
-    import numpy as np
-
-    for i in range(n):
-        got, want = np.array(seen[i]), np.array(seen[n + i])
-        assert got.shape == want.shape and abs(got - want).max() < 5e-3, labels[i]  # logits are about 25
-
-
 def test_batched_logits_equal_one_at_a_time_on_a_tiny_gemma3(tmp_path_factory, sampled_logits):
     """Every step of every stream saw the logits it sees alone (up to the rounding of batched kernels):
     no cross-talk between sequences, no wrong position, no stale cache. The tiny model's sliding window
@@ -186,10 +178,10 @@ def test_batched_logits_equal_one_at_a_time_on_a_tiny_gemma3(tmp_path_factory, s
     assert [r.tokens for r in batched] == [r.tokens for r in alone] == [r.tokens for r in again]
     assert sum(r.metrics.reused_tokens for r in again) > len(prompts)
     n = len(prompts)
-    _same_logits({i: sampled_logits[i] for i in range(n)} | {n + i: sampled_logits[2 * n + i] for i in range(n)},
-                 n, prompts)
-    _same_logits({i: sampled_logits[n + i] for i in range(n)} | {n + i: sampled_logits[2 * n + i] for i in range(n)},
-                 n, prompts)
+    same_logits({i: sampled_logits[i] for i in range(n)} | {n + i: sampled_logits[2 * n + i] for i in range(n)},
+                n, prompts, TINY_TOL)
+    same_logits({i: sampled_logits[n + i] for i in range(n)} | {n + i: sampled_logits[2 * n + i] for i in range(n)},
+                n, prompts, TINY_TOL)
 
 
 def test_images_in_batched_prompts_give_the_logits_of_one_at_a_time(tmp_path_factory, sampled_logits):
@@ -217,7 +209,7 @@ def test_images_in_batched_prompts_give_the_logits_of_one_at_a_time(tmp_path_fac
         assert many.generator.stats.most_streams == 3 and batched[0].metrics.media_encode_s > 0
     assert [r.tokens for r in batched] == [r.tokens for r in alone]
     assert [r.metrics.prompt_tokens for r in batched] == [r.metrics.prompt_tokens for r in alone]
-    _same_logits(sampled_logits, len(prompts), prompts)
+    same_logits(sampled_logits, len(prompts), prompts, TINY_TOL)
     assert abs(np.array(sampled_logits[0]) - np.array(sampled_logits[1])).max() > 0.05  # the image shows
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from audio_speech import speak
+from batch_support import same_logits
 from convert_support import cache_dir, mark_done, tiny_checkpoint
 from gemma3n_tiny import build_tiny_gemma3n, load_tiny_gemma3n
 
@@ -219,11 +220,7 @@ def test_clips_in_batched_prompts_give_the_logits_of_one_at_a_time(files, speech
         assert many.generator.stats.most_streams >= 2 and batched[0].metrics.media_encode_s > 0
     assert [r.tokens for r in batched] == [r.tokens for r in alone]
     assert [r.metrics.prompt_tokens for r in batched] == [r.metrics.prompt_tokens for r in alone]
-    n = len(prompts)
-    for i in range(n):
-        got, want = np.array(sampled_logits[i]), np.array(sampled_logits[n + i])
-        assert got.shape == want.shape, prompts[i]
-        assert abs(got - want).max() < 5e-4, prompts[i]  # logits about 7; measured 8e-5 at most
+    same_logits(sampled_logits, len(prompts), prompts, 5e-4)  # logits about 7; measured 8e-5 at most
     assert abs(np.array(sampled_logits[0])[0] - np.array(sampled_logits[2])[0]).max() > 2e-3  # the clip shows
 
 

@@ -60,10 +60,41 @@ def clip(seconds: float) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32)
 
 
-def child(engine: str, ckpt: Path, model: Path, seconds: float, threads: int, repeat: int) -> dict:
+def features(seconds: float):
+    """The clip's log-mel features and mask (`Gemma3nFeatureExtractor.clip`)."""
     from edge_runtime.audio.gemma3n_features import Gemma3nFeatureExtractor
 
-    feats = Gemma3nFeatureExtractor().clip(clip(seconds))
+    return Gemma3nFeatureExtractor().clip(clip(seconds))
+
+
+def encoder_feed(feats) -> dict:
+    return {"input_features": feats.mel[None], "input_features_mask": feats.mask[None]}
+
+
+def ort_session(model: str | bytes, threads: int, profile_prefix: str | None = None):
+    """An onnxruntime CPU session with `threads` intra-op threads (profiling when a prefix is given)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def best_time(run, repeat: int) -> float:
+    """The fastest of `repeat` calls of `run`, in seconds (warm up first)."""
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def child(engine: str, ckpt: Path, model: Path, seconds: float, threads: int, repeat: int) -> dict:
+    feats = features(seconds)
     t_load = time.perf_counter()
     if engine == "torch":
         import torch
@@ -86,39 +117,20 @@ def child(engine: str, ckpt: Path, model: Path, seconds: float, threads: int, re
             with torch.no_grad():
                 return embedder(inputs_embeds=tower(mel, mask).last_hidden_state).numpy()
     else:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        session = ort_session(str(model), threads)
 
         def run():
-            return session.run(None, {"input_features": feats.mel[None], "input_features_mask": feats.mask[None]})[0]
+            return session.run(None, encoder_feed(feats))[0]
     load_s = time.perf_counter() - t_load
-    out = run()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - t0)
-    np.save(f"/tmp/bench_g3n_{engine}.npy", out)
-    return {"engine": engine, "ms_per_audio_s": 1000 * min(times) / seconds, "load_s": load_s,
+    np.save(f"/tmp/bench_g3n_{engine}.npy", run())  # also the warm-up
+    return {"engine": engine, "ms_per_audio_s": 1000 * best_time(run, repeat) / seconds, "load_s": load_s,
             "peak_rss_mb": peak_rss_mb()}
 
 
 def floor_child(model: Path, seconds: float, threads: int) -> dict:
     """MatMul FLOPs of one encoder run (shapes from onnxruntime's profile) and the best f32 MatMul rate."""
-    import onnxruntime as ort
-
-    from edge_runtime.audio.gemma3n_features import Gemma3nFeatureExtractor
-
-    feats = Gemma3nFeatureExtractor().clip(clip(seconds))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.enable_profiling = True
-    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "bench_g3n_profile")
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    session.run(None, {"input_features": feats.mel[None], "input_features_mask": feats.mask[None]})
+    session = ort_session(str(model), threads, str(Path(tempfile.gettempdir()) / "bench_g3n_profile"))
+    session.run(None, encoder_feed(features(seconds)))
     profile = Path(session.end_profiling())
     flops, widest = 0, (0, 0, 0)
     for event in json.loads(profile.read_text()):
@@ -137,26 +149,20 @@ def floor_child(model: Path, seconds: float, threads: int) -> dict:
 
 def matmul_peak(m: int, k: int, n: int, threads: int, repeat: int = 10) -> float:
     """GFLOP/s of onnxruntime's f32 MatMul on one [m, k] x [k, n] product (best of `repeat`)."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
+
+    from edge_runtime.conversion.onnx_graph import OPSET
 
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array((0.02 * rng.standard_normal((k, n))).astype(np.float32), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-                                   .SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    session.run(None, {"x": x})
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        session.run(None, {"x": x})
-        best = min(best, time.perf_counter() - t0)
-    return 2 * m * k * n / best / 1e9
+    session = ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+                          .SerializeToString(), threads)
+    feed = {"x": rng.standard_normal((m, k)).astype(np.float32)}
+    session.run(None, feed)  # warm-up
+    return 2 * m * k * n / best_time(lambda: session.run(None, feed), repeat) / 1e9
 
 
 def peak_rss_mb() -> float:
